@@ -144,3 +144,14 @@ def test_unknown_solver(trained):
         get_solver("newton")
     with pytest.raises(ConfigError, match="bad options"):
         get_solver("lissa", depht=3)
+
+
+def test_jvp_and_vmap_per_sample_scores_agree(trained):
+    _, model, samples = trained
+    obj = SurrogateObjective(model, samples, params="all")
+    h = torch.randn(obj.dim)
+    a = obj.per_sample_dot(h, method="vmap", batch_size=32)
+    b = obj.per_sample_dot(h, method="jvp", batch_size=32)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+    with pytest.raises(ConfigError, match="per-sample method"):
+        obj.per_sample_dot(h, method="loop")

@@ -2,8 +2,9 @@
 
 ``I(s) = (1/n) grad L(s)^T x`` with ``x = (H + damping I)^{-1} v`` and ``v = (1/n) sum_i grad L(s_i)``
 (the "symmetric trick": one inverse-HVP serves every sample). ``I(s) > 0`` means that removing
-``s`` would raise the empirical risk, i.e. ``s`` is useful. The scores of all samples come from
-batched per-sample gradients (``vmap(grad(.))``) contracted with ``x``.
+``s`` would raise the empirical risk, i.e. ``s`` is useful. The scores of all samples come in
+batches, either from explicit per-sample gradients (``vmap(grad(.))``) contracted with ``x``, or
+(default, same values) from one forward-mode ``jvp`` of the per-sample losses along ``x``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class InfluenceConfig:
     params: str | list[str] = "all"  # 'all' (the paper's theta), 'reference' (one 64x64 layer), names
     solver: str = "lissa"
     solver_options: dict = field(default_factory=dict)
-    batch_size: int = 64  # samples per vmap'ed per-sample-gradient batch
+    per_sample: str = "jvp"  # 'jvp' (forward-mode, fast) or 'vmap' (explicit per-sample grads)
+    batch_size: int = 256  # samples per batch of the per-sample pass
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -65,7 +67,7 @@ def influence_scores(model: SASRec, samples: SurrogateSamples, config: Influence
     t = time.perf_counter()
     with progress(show_progress) as prog:
         task = prog.add_task("influence: per-sample", total=len(obj.active_rows), info="")
-        dots = obj.per_sample_dot(x, batch_size=cfg.batch_size,
+        dots = obj.per_sample_dot(x, batch_size=cfg.batch_size, method=cfg.per_sample,
                                   on_batch=lambda k: prog.advance(task, k))
     scores = dots / obj.n
     if not np.isfinite(scores).all():
