@@ -1,0 +1,912 @@
+"""DEALRec effort score (paper Eq. 12): the L2 norm of the gradient of a sample's LLM loss w.r.t.
+the LoRA parameters.
+
+    effort(s) = || grad_phi L_LLM(s) ||_2
+
+``phi`` are the parameters of a freshly initialised peft LoRA adapter (``q_proj`` and ``v_proj``,
+r=8, alpha=16, dropout off, seeded), ``L_LLM(s)`` is the mean token negative log-likelihood of
+sample ``s`` (the user's BIGRec prompt, see :mod:`recprune.llm.prompts`) over its response
+tokens (``loss_on="response"``, default) or over all its tokens (``loss_on="all"``).
+
+Which LoRA parameters (``lora_layers``)
+---------------------------------------
+``"all"`` (default): the adapters of every decoder layer, as the paper's Eq. 12 writes it (phi =
+the learnable parameters of the LLM). ``"last"``: only the last decoder layer's, as the authors'
+released ``effort_score.py`` does (all other LoRA parameters frozen). A list of layer indices
+selects any other set. The adapter is injected into every layer in all cases (identical
+initialisation), only the gradient is restricted.
+
+While ``lora_B`` is zero (the standard fresh initialisation) the adapter does not change the
+model's outputs and the ``lora_A`` gradients are exactly zero, so the score is the norm of the
+``lora_B`` gradients. ``init_lora_b_std > 0`` draws ``lora_B`` at random instead (for tests, or
+to score against a non-trivial adapter).
+
+How it is computed
+------------------
+* Per-sample gradient norms in batches, without a backward pass per sample: forward hooks keep
+  every scored LoRA layer's input ``x`` and ``u = A x``; one ``autograd.grad`` call gives the
+  gradient ``g`` of the batch loss (the sum of the per-sample mean losses, so every sample keeps
+  its own normalisation) w.r.t. every scored ``lora_B`` output; then per sample
+  ``grad_B = g^T u`` and ``grad_A = (g B)^T x`` (batched matrix products), and the squared norms
+  are summed over layers. Samples in a batch do not interact, so the result equals one backward
+  per sample (checked against that in the tests to < 1e-4 relative error).
+* Fewer tokens: samples are sorted by length and batched under a token budget (right padding,
+  which is causal-masked and carries no loss, so it contributes exactly nothing); the LM head is
+  applied only at the positions whose logits the loss needs; nothing below the lowest scored
+  LoRA layer is recorded for backward (for ``"last"`` the lower layers run without a graph).
+* Shared prefix (``share_prefix=True``, default): every prompt starts with the same text (Alpaca
+  header, instruction and the fixed lead-in of the input, ~77 tokens for Games, about half of a
+  typical sample). It is run through the model ONCE and its key/value cache is reused by every
+  sample. **The shared prefix is fixed context**: it is computed with the adapter in place
+  (with ``lora_B = 0`` its values are exactly those of the full prompt), but it is a constant,
+  so the score is the gradient w.r.t. the LoRA parameters *acting on the sample-specific
+  tokens* (the history titles, the response and the template text between them); the
+  contributions of the LoRA branches at prefix positions (e.g. via the value vectors of prefix
+  tokens that later tokens attend to) are dropped. The loss itself is unchanged (same tokens,
+  same normalisation; for ``loss_on="all"`` the prefix tokens' NLL enters as a constant).
+  ``share_prefix=False`` computes the exact full-prompt gradient (about twice the tokens).
+
+Scores are cached on disk in chunks (see :meth:`EffortScorer.score`), so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recprune.errors import ConfigError, ScoringError
+from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
+                                  tokenize_records)
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "effort_manifest.json"
+CHUNK_PATTERN = "effort_chunk_{:05d}.npy"
+_CACHE_VERSION = 1
+_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class EffortConfig:
+    """Options of the effort score.
+
+    Attributes
+    ----------
+    lora_layers:
+        ``"all"`` (paper, default), ``"last"`` (authors' release) or a sequence of layer indices
+        (negative indices count from the end).
+    lora_r, lora_alpha, target_modules:
+        LoRA shape (paper / BIGRec: r=8, alpha=16, q_proj and v_proj). Dropout is always 0.
+    seed:
+        Seed of the LoRA initialisation.
+    init_lora_b_std:
+        0 (default): ``lora_B`` zero as peft initialises it; > 0: normal(0, std) ``lora_B``.
+    loss_on:
+        ``"response"`` (default: the target title + eos) or ``"all"`` (every token).
+    share_prefix:
+        Run the prompt prefix shared by all samples once and treat it as fixed context (see the
+        module docstring); ``False`` for the exact full-prompt gradient.
+    cutoff_len, add_eos, template:
+        Prompt construction (``template=None``: chosen from the data set name, Games wording
+        by default).
+    max_batch_tokens:
+        Token budget of a batch (tokens incl. padding); ``None``: 1024 on CPU, 8192 on CUDA.
+        Affects speed only, not the scores (beyond float rounding).
+    packing:
+        Pack a batch's samples into one row without any padding (attention computed per sample
+        against the shared prefix + its own tokens) instead of right-padding them to a
+        rectangle; ``None``: packing on CPU (no wasted tokens), padding on CUDA (one fused
+        attention call per layer). Speed only.
+    chunk_size:
+        Samples per on-disk cache chunk.
+    """
+
+    lora_layers: str | tuple[int, ...] = "all"
+    lora_r: int = 8
+    lora_alpha: float = 16
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    seed: int = 0
+    init_lora_b_std: float = 0.0
+    loss_on: str = "response"
+    share_prefix: bool = True
+    cutoff_len: int = 512
+    add_eos: bool = True
+    template: PromptTemplate | None = None
+    max_batch_tokens: int | None = None
+    packing: bool | None = None
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        ll = self.lora_layers
+        if isinstance(ll, str):
+            if ll not in ("all", "last"):
+                raise ConfigError(f"lora_layers must be 'all', 'last' or a list of layer indices, "
+                                  f"got {ll!r}")
+        else:
+            try:
+                ll = tuple(int(i) for i in ll)
+            except (TypeError, ValueError):
+                raise ConfigError(f"lora_layers must be 'all', 'last' or a list of layer "
+                                  f"indices, got {self.lora_layers!r}") from None
+            if not ll:
+                raise ConfigError("lora_layers is an empty list")
+            object.__setattr__(self, "lora_layers", ll)
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.loss_on not in ("response", "all"):
+            raise ConfigError(f"loss_on must be 'response' or 'all', got {self.loss_on!r}")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ConfigError("lora_r must be >= 1 and lora_alpha > 0")
+        if not (self.init_lora_b_std >= 0 and math.isfinite(self.init_lora_b_std)):
+            raise ConfigError("init_lora_b_std must be a finite number >= 0")
+        if self.cutoff_len < 8:
+            raise ConfigError(f"cutoff_len must be >= 8, got {self.cutoff_len}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ConfigError("max_batch_tokens must be positive")
+        if self.chunk_size < 1:
+            raise ConfigError("chunk_size must be positive")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
+    _atomic_write_bytes(path, lambda fh: np.save(fh, arr, allow_pickle=False))
+
+
+def _atomic_save_json(path: Path, obj: dict) -> None:
+    _atomic_write_bytes(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
+
+
+def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a transformers cache object."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
+
+
+@dataclass
+class _Prefix:
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    length: int
+    const_all: torch.Tensor  # summed NLL of the prefix's own targets (loss_on='all')
+    first_logp: torch.Tensor  # (V,) log-probs of the token after the prefix
+
+
+@dataclass
+class _Layout:
+    ids: np.ndarray  # (rows, L) token ids
+    positions: np.ndarray | None  # (1, L) position ids when packed
+    flat: np.ndarray  # flat index (rows * L) of the hidden state predicting each loss target
+    labels: np.ndarray  # target token ids
+    bi: np.ndarray  # sample (in the batch) of each loss target
+    w: np.ndarray  # 1 / number of loss targets, per sample
+    first_tgt: np.ndarray  # per sample: its first token is a target (predicted by the prefix)
+    first_ids: np.ndarray  # per sample: its first token
+    B: int
+    T: int  # longest sample
+    dst: np.ndarray | None  # packed position -> b * T + t
+    segments: list | None  # packed: [(start, n_samples, length)] runs of equal length
+
+
+def _segments(starts: np.ndarray, lens: np.ndarray) -> list[tuple[int, int, int]]:
+    """Runs of consecutive equal-length samples in a packed row: (start, count, length)."""
+    out = []
+    i = 0
+    while i < len(lens):
+        j = i
+        while j + 1 < len(lens) and lens[j + 1] == lens[i]:
+            j += 1
+        out.append((int(starts[i]), j - i + 1, int(lens[i])))
+        i = j + 1
+    return out
+
+
+_PACK = threading.local()
+_PACKED_NAME = "recprune_packed"
+_registered = False
+
+
+def _register_packed_attention() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(_PACKED_NAME, _packed_attention)
+        _registered = True
+
+
+@contextlib.contextmanager
+def _packed_attention_context(configs, segments, prefix_kv):
+    """Make the model's attention layers use :func:`_packed_attention` for one forward."""
+    _register_packed_attention()
+    saved = [c._attn_implementation for c in configs]
+    _PACK.state = (segments, prefix_kv, {})
+    try:
+        for c in configs:
+            c._attn_implementation = _PACKED_NAME
+        yield
+    finally:
+        for c, a in zip(configs, saved):
+            c._attn_implementation = a
+        _PACK.state = None
+
+
+def _sdpa(q, k, v, mask, scaling, n_rep):
+    causal = mask is None
+    try:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                              is_causal=causal, enable_gqa=n_rep > 1)
+    except TypeError:  # torch < 2.5: no enable_gqa
+        if n_rep > 1:
+            n, kvh, s, d = k.shape
+            k = k[:, :, None].expand(n, kvh, n_rep, s, d).reshape(n, kvh * n_rep, s, d)
+            v = v[:, :, None].expand(n, kvh, n_rep, s, d).reshape(n, kvh * n_rep, s, d)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
+                                              is_causal=causal)
+
+
+def _packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                      scaling: float | None = None, **kwargs):
+    """Attention for one packed row: each sample attends to the shared prefix (keys/values
+    from the prefix cache, constants) and causally to its own tokens, never to the other
+    samples of the row.
+
+    ``query``: (1, H, L, D); ``key``/``value``: (1, KVH, L, D) (the row only).
+    Consecutive samples of equal length are processed as one batched SDPA call.
+    """
+    state = getattr(_PACK, "state", None)
+    if state is None:  # not inside a packed forward: plain SDPA
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    segments, prefix_kv, masks = state
+    n_rep = getattr(module, "num_key_value_groups", 1)
+    H, D = query.shape[1], query.shape[-1]
+    KVH = key.shape[1]
+    if prefix_kv is not None:
+        kp, vp = prefix_kv[module.layer_idx]
+        P = kp.shape[2]
+    else:
+        P = 0
+    sizes = [n * ln for _, n, ln in segments]
+    # One split per tensor (its backward is one concatenation), not one slice per sample.
+    qs = torch.split(query.squeeze(0), sizes, dim=1)
+    ks = torch.split(key.squeeze(0), sizes, dim=1)
+    vs = torch.split(value.squeeze(0), sizes, dim=1)
+    outs = []
+    for (_, n, ln), q, k, v in zip(segments, qs, ks, vs):
+        q = q.reshape(H, n, ln, D).transpose(0, 1)
+        k = k.reshape(KVH, n, ln, D).transpose(0, 1)
+        v = v.reshape(KVH, n, ln, D).transpose(0, 1)
+        mask = None
+        if P:
+            k = torch.cat([kp.expand(n, -1, -1, -1), k], dim=2)
+            v = torch.cat([vp.expand(n, -1, -1, -1), v], dim=2)
+            mask = masks.get(ln)
+            if mask is None:
+                mask = masks[ln] = (torch.arange(P + ln, device=query.device)[None, :] <=
+                                    torch.arange(ln, device=query.device)[:, None] + P)
+        o = _sdpa(q, k, v, mask, scaling, n_rep)
+        outs.append(o.transpose(0, 1).reshape(H, n * ln, D))  # (H, n*ln, D)
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    return out.transpose(0, 1).unsqueeze(0).contiguous(), None  # (1, L, H, D)
+
+
+@dataclass
+class _Batch:
+    idx: np.ndarray  # sample indices (into the TokenizedSamples)
+    tokens: int  # tokens run through the model (incl. padding when not packed)
+
+
+# ----------------------------------------------------------------------------- scorer
+
+class EffortScorer:
+    """Computes DEALRec effort scores (Eq. 12) with a causal LM and a fresh LoRA adapter.
+
+    Parameters
+    ----------
+    model:
+        A loaded transformers causal LM (then ``tokenizer`` is required), or anything
+        :func:`recprune.llm.load_causal_lm` accepts (``None`` = SmolLM2-135M-Instruct).
+    config:
+        :class:`EffortConfig`.
+    device:
+        Used only when the model is loaded here; a given model is used on its own device.
+
+    The model is wrapped with a peft LoRA adapter in place (``self.model``); its base weights
+    are frozen. See the module docstring for what is computed and how the shared prompt prefix
+    is treated.
+    """
+
+    def __init__(self, model=None, tokenizer=None, config: EffortConfig | None = None, *,
+                 device: str | torch.device = "auto", model_cache_dir: str | Path | None = None):
+        self.config = config = config or EffortConfig()
+        if model is None or isinstance(model, (str, Path)):
+            from recprune.llm.loading import load_causal_lm
+
+            model, tokenizer = load_causal_lm(model, device=device, cache_dir=model_cache_dir)
+        elif tokenizer is None:
+            raise ConfigError("a tokenizer is required together with a loaded model")
+        self.tokenizer = tokenizer
+        self.model = self._wrap(model)
+        self.last_run: dict = {}
+        self._prefix_cache: dict[tuple, _Prefix] = {}
+        self._capturing = False
+        self._xs: dict[int, torch.Tensor] = {}
+        self._us: dict[int, torch.Tensor] = {}
+        self._outs: dict[int, torch.Tensor] = {}
+        for k, (_, mod) in enumerate(self._scored):
+            mod.lora_A[self._adapter].register_forward_hook(self._hook_a(k))
+            mod.lora_B[self._adapter].register_forward_hook(self._hook_b(k))
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _wrap(self, model):
+        from peft import LoraConfig, get_peft_model
+        from peft.tuners.lora import LoraLayer
+
+        cfg = self.config
+        for p in model.parameters():
+            p.requires_grad_(False)
+        lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                        target_modules=list(cfg.target_modules), bias="none",
+                        task_type="CAUSAL_LM")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            try:
+                pm = get_peft_model(model, lc)
+            except ValueError as e:
+                raise ConfigError(f"cannot attach LoRA to {cfg.target_modules}: {e}") from None
+        pm.eval()
+        self._adapter = "default"
+        lora = []
+        for name, mod in pm.named_modules():
+            if isinstance(mod, LoraLayer) and self._adapter in getattr(mod, "lora_A", {}):
+                m = _LAYER_RE.search(name)
+                if m is None:
+                    raise ConfigError(f"cannot tell the decoder layer of LoRA module {name}")
+                lora.append((int(m.group(1)), name, mod))
+        if not lora:
+            raise ConfigError(f"no LoRA module was created for {cfg.target_modules}")
+        self.n_layers = max(i for i, _, _ in lora) + 1
+        if cfg.init_lora_b_std > 0:
+            g = torch.Generator().manual_seed(cfg.seed + 1)
+            for _, _, mod in lora:
+                w = mod.lora_B[self._adapter].weight
+                with torch.no_grad():
+                    w.copy_(torch.randn(w.shape, generator=g, dtype=torch.float32) *
+                            cfg.init_lora_b_std)
+        if cfg.lora_layers == "all":
+            layers = set(range(self.n_layers))
+        elif cfg.lora_layers == "last":
+            layers = {self.n_layers - 1}
+        else:
+            layers = set()
+            for i in cfg.lora_layers:
+                j = i + self.n_layers if i < 0 else i
+                if not 0 <= j < self.n_layers:
+                    raise ConfigError(f"lora_layers: no layer {i} (the model has "
+                                      f"{self.n_layers})")
+                layers.add(j)
+        self.scored_layers = sorted(layers)
+        self._scored = [(n, mod) for i, n, mod in lora if i in layers]
+        for p in pm.parameters():
+            p.requires_grad_(False)
+        for _, mod in self._scored:  # only lora_B needs to require grad to get its output grads
+            mod.lora_B[self._adapter].weight.requires_grad_(True)
+        with torch.no_grad():
+            self._b_nonzero = bool(torch.stack([
+                mod.lora_B[self._adapter].weight.abs().max() for _, mod in self._scored]).max() > 0)
+        base = pm.get_base_model()
+        self._base = base
+        self._decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+        self._head = base.get_output_embeddings()
+        self._softcap = getattr(base.config, "final_logit_softcapping", None)
+        self._configs = list({id(m.config): m.config for m in base.modules()
+                              if hasattr(m, "config") and hasattr(m.config,
+                                                                  "_attn_implementation")}
+                             .values())
+        self.device = next(base.parameters()).device
+        return pm
+
+    def _hook_a(self, k: int):
+        def hook(mod, inp, out):
+            if self._capturing:
+                if self._b_nonzero:  # x is only needed for the lora_A gradient
+                    self._xs[k] = inp[0]
+                self._us[k] = out
+        return hook
+
+    def _hook_b(self, k: int):
+        def hook(mod, inp, out):
+            if self._capturing:
+                self._outs[k] = out
+        return hook
+
+    # -- tokenisation ---------------------------------------------------------------------------
+
+    def template_for(self, dataset) -> PromptTemplate:
+        return self.config.template or template_for(getattr(dataset, "name", ""))
+
+    def prepare(self, dataset, rows=None) -> TokenizedSamples:
+        """Build and tokenise the prompts of ``rows`` (all users by default)."""
+        cfg = self.config
+        tpl = self.template_for(dataset)
+        records = build_records(dataset, rows, tpl, tokenizer=self.tokenizer,
+                                cutoff_len=cfg.cutoff_len, add_eos=cfg.add_eos)
+        return tokenize_records(records, self.tokenizer,
+                                prefix_text=tpl.shared_prefix() if cfg.share_prefix else "",
+                                cutoff_len=cfg.cutoff_len, add_eos=cfg.add_eos,
+                                loss_on=cfg.loss_on)
+
+    @property
+    def max_batch_tokens(self) -> int:
+        if self.config.max_batch_tokens is not None:
+            return self.config.max_batch_tokens
+        return 8192 if self.device.type == "cuda" else 1024
+
+    @staticmethod
+    def sorted_order(ts: TokenizedSamples) -> np.ndarray:
+        """Samples by increasing length (ties by index): the processing and chunk order."""
+        return np.argsort(ts.lengths, kind="stable")
+
+    def batches(self, ts: TokenizedSamples, idx: np.ndarray) -> list[_Batch]:
+        """Split length-sorted samples ``idx`` into batches of at most ``max_batch_tokens`` tokens
+        (real tokens when packing, padded batch size x longest length otherwise)."""
+        budget = self.max_batch_tokens
+        packing = self.packing
+        lens = ts.lengths[idx]
+        out, start = [], 0
+        while start < len(idx):
+            end, longest, total = start + 1, int(lens[start]), int(lens[start])
+            while end < len(idx):
+                nl = max(longest, int(lens[end]))
+                cost = total + int(lens[end]) if packing else (end - start + 1) * nl
+                if cost > budget:
+                    break
+                longest, total, end = nl, total + int(lens[end]), end + 1
+            out.append(_Batch(idx[start:end], total if packing else (end - start) * longest))
+            start = end
+        return out
+
+    # -- model passes ---------------------------------------------------------------------------
+
+    def _prefix(self, ts: TokenizedSamples) -> _Prefix | None:
+        if len(ts.prefix_ids) == 0:
+            return None
+        key = tuple(ts.prefix_ids.tolist())
+        if key not in self._prefix_cache:
+            ids = torch.as_tensor(ts.prefix_ids, device=self.device)[None]
+            with torch.no_grad():
+                out = self._decoder(input_ids=ids, use_cache=True)
+                h = out.last_hidden_state[0]
+                logp = self._logits(h).float().log_softmax(-1)
+                const_all = -logp[torch.arange(len(key) - 1, device=self.device),
+                                  ids[0, 1:]].sum()
+                kv = [(k.detach(), v.detach()) for k, v in _cache_kv(out.past_key_values)]
+            self._prefix_cache = {key: _Prefix(kv, len(key), const_all, logp[-1])}
+        return self._prefix_cache[key]
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self._head(h)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _expanded_cache(self, prefix: _Prefix, b: int):
+        from transformers import DynamicCache
+
+        data = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix.kv]
+        try:
+            return DynamicCache(ddp_cache_data=data, config=self._base.config)
+        except TypeError:  # older transformers
+            return DynamicCache.from_legacy_cache(tuple(data))
+
+    @property
+    def packing(self) -> bool:
+        if self.config.packing is not None:
+            return bool(self.config.packing)
+        return self.device.type != "cuda"
+
+    def _layout(self, ts: TokenizedSamples, idx: np.ndarray) -> _Layout:
+        """Token layout of one batch: packed into one row, or right-padded to (B, T)."""
+        lens = ts.lengths[idx]
+        B, T = len(idx), int(lens.max())
+        cols = np.arange(T)
+        valid = cols[None, :] < lens[:, None]
+        src = np.minimum(ts.indptr[idx][:, None] + cols[None, :], max(len(ts.ids) - 1, 0))
+        tgt = valid & ts.target[src]
+        first_tgt = tgt[:, 0].copy()  # predicted from the (constant) last prefix position
+        tgt[:, 0] = False
+        bi, tj = np.nonzero(tgt)
+        ntg = ts.n_targets[idx].astype(np.float64)
+        w = np.where(ntg > 0, 1.0 / np.maximum(ntg, 1.0), 0.0)
+        first_ids = ts.ids[ts.indptr[idx]] if len(ts.ids) else np.zeros(B, dtype=np.int64)
+        if self.packing:
+            starts = np.zeros(B, dtype=np.int64)
+            np.cumsum(lens[:-1], out=starts[1:])
+            ids = np.concatenate([ts.ids[ts.indptr[i]:ts.indptr[i + 1]] for i in idx])[None]
+            P = len(ts.prefix_ids)
+            positions = (np.arange(ids.shape[1]) - np.repeat(starts, lens) + P)[None]
+            flat = starts[bi] + tj - 1  # position (in the row) whose logits predict the target
+            dst = (np.repeat(np.arange(B), lens) * T + (np.arange(ids.shape[1]) -
+                                                         np.repeat(starts, lens)))
+            segs = _segments(starts, lens)
+        else:
+            pad = self.tokenizer.pad_token_id
+            ids = np.where(valid, ts.ids[src], pad if pad is not None else 0)
+            positions, dst, segs = None, None, None
+            flat = bi * T + tj - 1
+        return _Layout(ids=ids, positions=positions, flat=flat, labels=ts.ids[src][bi, tj],
+                       bi=bi, w=w, first_tgt=first_tgt, first_ids=first_ids, B=B, T=T, dst=dst,
+                       segments=segs)
+
+    def _run_batch(self, ts: TokenizedSamples, idx: np.ndarray, prefix: _Prefix | None,
+                   grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample (mean loss, squared gradient norm) of one batch, on the model's device."""
+        dev = self.device
+        lay = self._layout(ts, idx)
+        B = lay.B
+        ids = torch.as_tensor(lay.ids, device=dev)
+        bi = torch.as_tensor(lay.bi, device=dev)
+        flat = torch.as_tensor(lay.flat, device=dev)
+        labels = torch.as_tensor(lay.labels, device=dev)
+        w = torch.as_tensor(lay.w, device=dev, dtype=torch.float32)
+        const = torch.zeros(B, device=dev, dtype=torch.float32)
+        if prefix is not None:
+            if self.config.loss_on == "all":
+                const = const + prefix.const_all
+            if lay.first_tgt.any():
+                first = torch.as_tensor(lay.first_tgt, device=dev)
+                fl = prefix.first_logp[torch.as_tensor(lay.first_ids, device=dev)]
+                const = const - torch.where(first, fl, 0.0)
+        if prefix is not None and lay.segments is None:
+            kwargs = {"past_key_values": self._expanded_cache(prefix, ids.shape[0]),
+                      "use_cache": True}
+        else:  # packed: the attention takes the prefix keys/values directly
+            kwargs = {"use_cache": False}
+        if lay.positions is not None:
+            kwargs["position_ids"] = torch.as_tensor(lay.positions, device=dev)
+        sq = torch.zeros(B, device=dev, dtype=torch.float32)
+        self._xs.clear(), self._us.clear(), self._outs.clear()
+        self._capturing = grad
+        try:
+            with torch.set_grad_enabled(grad), self._packed(lay, prefix):
+                h = self._decoder(input_ids=ids, **kwargs).last_hidden_state
+            h = h.reshape(-1, h.shape[-1])
+            with torch.set_grad_enabled(grad):
+                logits = self._logits(h[flat]).float()
+                nll = F.cross_entropy(logits, labels, reduction="none")
+                del logits, h
+                wn = nll * w[bi]
+                loss = (const + torch.zeros_like(const).index_add(0, bi, nll.detach())) * w
+                if grad and wn.requires_grad:
+                    keys = sorted(self._outs)
+                    grads = torch.autograd.grad(wn.sum(), [self._outs[k] for k in keys],
+                                                allow_unused=True)
+                    sq = self._sq_norms(keys, grads, lay)
+        finally:
+            self._capturing = False
+            self._xs.clear(), self._us.clear(), self._outs.clear()
+        return loss, sq
+
+    def _packed(self, lay: _Layout, prefix: _Prefix | None):
+        """Context: route attention through the per-sample packed attention for this batch."""
+        if lay.segments is None:
+            return contextlib.nullcontext()
+        return _packed_attention_context(self._configs, lay.segments,
+                                         prefix.kv if prefix is not None else None)
+
+    @torch.no_grad()
+    def _sq_norms(self, keys, grads, lay: _Layout) -> torch.Tensor:
+        """Sum over scored LoRA modules of the per-sample squared gradient norms."""
+        B, T = lay.B, lay.T
+        dst = None if lay.dst is None else torch.as_tensor(lay.dst, device=self.device)
+
+        def padded(t: torch.Tensor) -> torch.Tensor:  # (rows, L, d) -> (B, T, d)
+            t = t.float()
+            if dst is None:
+                return t
+            out = t.new_zeros(B * T, t.shape[-1])
+            out[dst] = t.reshape(-1, t.shape[-1])
+            return out.view(B, T, -1)
+
+        sq = torch.zeros(B, device=self.device, dtype=torch.float32)
+        for k, g in zip(keys, grads):
+            if g is None:
+                continue
+            g = padded(g)
+            gb = torch.bmm(g.transpose(1, 2), padded(self._us[k]))  # (B, d_out, r): grad lora_B
+            sq = sq + gb.pow(2).sum((1, 2))
+            if self._b_nonzero:
+                bw = self._scored[k][1].lora_B[self._adapter].weight.float()
+                v = g @ bw  # (B, T, r): grad w.r.t. u = A x
+                ga = torch.bmm(v.transpose(1, 2), padded(self._xs[k]))  # (B, r, d_in): lora_A
+                sq = sq + ga.pow(2).sum((1, 2))
+        return sq
+
+    # -- fingerprints & disk cache --------------------------------------------------------------
+
+    def fingerprint(self, ts: TokenizedSamples) -> dict:
+        """What the scores depend on (config, model weights, adapter init, tokenised samples)."""
+        cfg = dataclasses.asdict(self.config)
+        for k in ("max_batch_tokens", "packing"):  # speed only
+            cfg.pop(k)
+        cfg["template"] = None  # covered by the samples' token ids
+        base_params = [p for n, p in self._base.named_parameters() if "lora_" not in n]
+        pick = [base_params[0], base_params[len(base_params) // 2], base_params[-1]]
+        wsha = _sha(*[p.detach().flatten()[:4096].float().cpu().numpy() for p in pick])
+        lsha = _sha(*[torch.cat([m.lora_A[self._adapter].weight.detach().flatten()[:2048],
+                                 m.lora_B[self._adapter].weight.detach().flatten()[:2048]])
+                      .float().cpu().numpy() for _, m in self._scored])
+        mc = self._base.config
+        model = {"model_type": getattr(mc, "model_type", None),
+                 "n_layers": self.n_layers, "hidden_size": getattr(mc, "hidden_size", None),
+                 "vocab_size": getattr(mc, "vocab_size", None),
+                 "dtype": str(next(self._base.parameters()).dtype),
+                 "weights_sha256": wsha[:16], "lora_init_sha256": lsha[:16]}
+        samples = {"n": ts.n, "tokens_sha256": _sha(ts.prefix_ids, ts.indptr, ts.ids,
+                                                    ts.target, ts.n_targets)[:16]}
+        return {"config": json.loads(json.dumps(cfg, default=str)), "model": model,
+                "samples": samples}
+
+    @staticmethod
+    def _diff(a, b, path="") -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = []
+            for k in sorted(set(a) | set(b)):
+                out += EffortScorer._diff(a.get(k), b.get(k), f"{path}{k}.")
+            return out
+        return [] if a == b else [f"{path[:-1]}: {a!r} (cache) vs {b!r} (now)"]
+
+    def _open_cache(self, cache_dir: Path, fp: dict, rows: np.ndarray, n_chunks: int) -> None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for stale in cache_dir.glob(".effort_*.tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        mpath = cache_dir / MANIFEST_NAME
+        want = {"kind": "recprune.effort", "version": _CACHE_VERSION, **fp,
+                "rows": {"n": int(len(rows)), "sha256": _sha(rows.astype(np.int64))[:16]},
+                "chunk_size": self.config.chunk_size, "n_chunks": n_chunks}
+        if mpath.exists():
+            try:
+                have = json.loads(mpath.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{mpath}: unreadable effort-cache manifest ({e}); delete the "
+                                  "cache directory to recompute") from None
+            diffs = self._diff(have, want)
+            if diffs:
+                raise ConfigError(
+                    f"effort cache {cache_dir} was computed with a different configuration or "
+                    f"for different samples, refusing to reuse it: " + "; ".join(diffs[:6]) +
+                    ". Use another cache_dir or delete this one.")
+        else:
+            if any(cache_dir.glob("effort_chunk_*.npy")):
+                raise ConfigError(f"{cache_dir} holds effort chunks but no {MANIFEST_NAME}: "
+                                  "their configuration is unknown; delete them or use another "
+                                  "cache_dir")
+            _atomic_save_json(mpath, want)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def score(self, dataset, rows=None, *, cache_dir: str | Path | None = None,
+              progress: bool = True) -> np.ndarray:
+        """Effort score of each user row (float64, aligned with ``rows``; all users if None).
+
+        With ``cache_dir``, scores are stored per chunk of ``chunk_size`` samples (in length
+        order) as ``effort_chunk_00012.npy`` next to ``effort_manifest.json`` (configuration,
+        model / adapter / sample fingerprints, rows), each file written atomically. A rerun
+        loads the chunks present and computes only the missing ones; a cache made with a
+        different configuration raises :class:`~recprune.errors.ConfigError`.
+        NaN/inf losses or gradients raise :class:`~recprune.errors.ScoringError`.
+        """
+        rows = np.arange(dataset.n_users) if rows is None else np.asarray(rows, dtype=np.int64)
+        user_ids = np.asarray(dataset.user_ids)[rows] if len(rows) else np.zeros(0, np.int64)
+        ts = self.prepare(dataset, rows)
+        return self.score_tokenized(ts, user_ids=user_ids, rows=rows, cache_dir=cache_dir,
+                                    progress=progress)
+
+    def score_tokenized(self, ts: TokenizedSamples, *, user_ids: np.ndarray | None = None,
+                        rows: np.ndarray | None = None, cache_dir: str | Path | None = None,
+                        progress: bool = True) -> np.ndarray:
+        """:meth:`score` on already tokenised samples."""
+        n = ts.n
+        user_ids = np.arange(n) if user_ids is None else np.asarray(user_ids)
+        rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        cs = self.config.chunk_size
+        order = self.sorted_order(ts)
+        chunks = [order[s:s + cs] for s in range(0, n, cs)]
+        scores = np.full(n, np.nan, dtype=np.float64)
+        loaded, todo = [], []
+        cdir = Path(cache_dir) if cache_dir is not None else None
+        if cdir is not None:
+            self._open_cache(cdir, self.fingerprint(ts), rows, len(chunks))
+        for c, idx in enumerate(chunks):
+            arr = None
+            if cdir is not None and (cdir / CHUNK_PATTERN.format(c)).exists():
+                try:
+                    arr = np.load(cdir / CHUNK_PATTERN.format(c), allow_pickle=False)
+                except (OSError, ValueError, EOFError) as e:
+                    log.warning("effort cache chunk %d unreadable (%s): recomputing it", c, e)
+                if arr is not None and (arr.shape != (len(idx),) or not np.isfinite(arr).all()):
+                    log.warning("effort cache chunk %d has the wrong shape: recomputing it", c)
+                    arr = None
+            if arr is not None:
+                scores[idx] = arr
+                loaded.append(c)
+            else:
+                todo.append(c)
+        prefix = self._prefix(ts) if todo else None
+        t0 = time.perf_counter()
+        n_done = sum(len(chunks[c]) for c in loaded)
+        total_tokens = int(sum(ts.lengths[chunks[c]].sum() for c in todo))
+        tokens_run = 0
+        with _progress_bar(progress, total_tokens, n, n_done) as bar:
+            for c in todo:
+                idx = chunks[c]
+                losses, sqs = [], []
+                for b in self.batches(ts, idx):
+                    loss, sq = self._run_batch(ts, b.idx, prefix, grad=True)
+                    losses.append(loss)
+                    sqs.append(sq)
+                    tokens_run += b.tokens
+                    bar.advance(int(ts.lengths[b.idx].sum()), len(b.idx))
+                loss = torch.cat(losses).double().cpu().numpy()
+                sq = torch.cat(sqs).double().cpu().numpy()
+                bad = ~(np.isfinite(loss) & np.isfinite(sq))
+                if bad.any():
+                    who = user_ids[idx[bad]]
+                    raise ScoringError(
+                        f"non-finite LLM loss or gradient for {int(bad.sum())} sample(s), user "
+                        f"id(s) {', '.join(map(str, who[:10].tolist()))}"
+                        f"{' ...' if len(who) > 10 else ''} (loss {loss[bad][:3].tolist()}); "
+                        "check the model weights, dtype and these users' prompts")
+                vals = np.sqrt(sq)
+                scores[idx] = vals
+                if cdir is not None:
+                    _atomic_save_npy(cdir / CHUNK_PATTERN.format(c), vals)
+        elapsed = time.perf_counter() - t0
+        self.last_run = {"n": n, "chunks_loaded": loaded, "chunks_computed": todo,
+                         "seconds": elapsed, "tokens_processed": tokens_run,
+                         "tokens_real": total_tokens,
+                         "prefix_tokens": len(ts.prefix_ids)}
+        return scores
+
+    def sample_losses(self, dataset_or_ts, rows=None, *, grad: bool = False) -> np.ndarray:
+        """Per-sample mean loss; with ``grad=False`` a forward pass only (the same batches,
+        prefix cache and LM-head positions as :meth:`score`, used as its speed floor)."""
+        ts = dataset_or_ts if isinstance(dataset_or_ts, TokenizedSamples) else \
+            self.prepare(dataset_or_ts, rows)
+        out = np.zeros(ts.n)
+        order = self.sorted_order(ts)
+        prefix = self._prefix(ts)
+        for b in self.batches(ts, order):
+            loss, _ = self._run_batch(ts, b.idx, prefix, grad=grad)
+            out[b.idx] = loss.double().cpu().numpy()
+        return out
+
+    def reference_scores(self, dataset_or_ts, rows=None) -> np.ndarray:
+        """Naive effort scores: one full forward + ``loss.backward()`` per sample through the
+        standard peft model (LM head on every position), norm of the scored LoRA parameters'
+        ``.grad`` (A and B). With a shared prefix, the same fixed prefix cache is used. For
+        verification and benchmarks: slow."""
+        ts = dataset_or_ts if isinstance(dataset_or_ts, TokenizedSamples) else \
+            self.prepare(dataset_or_ts, rows)
+        params = []
+        for _, mod in self._scored:
+            params += [mod.lora_A[self._adapter].weight, mod.lora_B[self._adapter].weight]
+        prefix = self._prefix(ts)
+        out = np.zeros(ts.n)
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            for i in range(ts.n):
+                ids_np, tgt_np = ts.sample(i)
+                ids = torch.as_tensor(ids_np, device=self.device)[None]
+                kw = {"past_key_values": self._expanded_cache(prefix, 1), "use_cache": True} \
+                    if prefix is not None else {"use_cache": False}
+                logits = self.model(input_ids=ids, **kw).logits[0].float()
+                logp = logits.log_softmax(-1)
+                j = torch.as_tensor(np.flatnonzero(tgt_np[1:]) + 1, device=self.device)
+                nll = -logp[j - 1, ids[0, j]].sum()
+                const = 0.0
+                if prefix is not None:
+                    if self.config.loss_on == "all":
+                        const += float(prefix.const_all)
+                    if tgt_np[0]:
+                        const -= float(prefix.first_logp[int(ids_np[0])])
+                loss = (nll + const) / max(int(ts.n_targets[i]), 1)
+                for p in params:
+                    p.grad = None
+                loss.backward()
+                grads = [p.grad for p in params if p.grad is not None]
+                out[i] = float(torch.nn.utils.get_total_norm(grads, 2.0)) if grads else 0.0
+        finally:
+            for p in params:
+                p.grad = None
+                p.requires_grad_(False)
+            for _, mod in self._scored:
+                mod.lora_B[self._adapter].weight.requires_grad_(True)
+        return out
+
+
+class _progress_bar:
+    """A rich progress bar over tokens (for an honest ETA) that shows samples and samples/s."""
+
+    def __init__(self, enabled: bool, total_tokens: int, n: int, n_done: int):
+        self.enabled = enabled
+        self.n, self.done, self.done0 = n, n_done, n_done
+        self.t0 = time.perf_counter()
+        self._p = None
+        if enabled:
+            from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._p = Progress(TextColumn("effort score"), BarColumn(),
+                               TextColumn("{task.fields[done]}/{task.fields[n]} samples"),
+                               TextColumn("{task.fields[rate]} samples/s"),
+                               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self._task = self._p.add_task("effort", total=max(total_tokens, 1), done=n_done,
+                                          n=n, rate="-")
+
+    def __enter__(self):
+        if self._p is not None:
+            self._p.start()
+        return self
+
+    def advance(self, tokens: int, samples: int) -> None:
+        self.done += samples
+        if self._p is not None:
+            dt = time.perf_counter() - self.t0
+            rate = f"{(self.done - self.done0) / dt:.2f}" if dt > 0 else "-"
+            self._p.update(self._task, advance=tokens, done=self.done, rate=rate)
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.stop()
+        return False
+
+
+def effort_scores(dataset, rows=None, *, model=None, config: EffortConfig | None = None,
+                  cache_dir: str | Path | None = None, progress: bool = True) -> np.ndarray:
+    """Convenience wrapper: ``EffortScorer(model, config=config).score(dataset, rows, ...)``."""
+    return EffortScorer(model, config=config).score(dataset, rows, cache_dir=cache_dir,
+                                                    progress=progress)
+
+
+__all__ = ["EffortConfig", "EffortScorer", "effort_scores", "MANIFEST_NAME", "CHUNK_PATTERN"]
