@@ -52,9 +52,10 @@ class _LossModule(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, seq: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def forward(self, seq: torch.Tensor, tgt: torch.Tensor, neg: torch.Tensor,
+                compact: bool = False) -> torch.Tensor:
         return sequence_losses(self.model, seq, tgt, loss=self.loss,
-                               neg=neg if self.loss == "bce" else None)
+                               neg=neg if self.loss == "bce" else None, compact=compact)
 
 
 class SurrogateObjective:
@@ -103,9 +104,11 @@ class SurrogateObjective:
         return self.flat(self.theta)
 
     # ---- losses --------------------------------------------------------------------------
-    def _call(self, sub: dict[str, torch.Tensor], seq, tgt, neg) -> torch.Tensor:
+    def _call(self, sub: dict[str, torch.Tensor], seq, tgt, neg, compact: bool = True
+              ) -> torch.Tensor:
+        """Per-position losses; ``compact`` (logits at target positions only) except under vmap."""
         params = {**self._fixed, **{f"model.{n}": t for n, t in sub.items()}}
-        return functional_call(self._mod, params, (seq, tgt, neg))
+        return functional_call(self._mod, params, (seq, tgt, neg), {"compact": compact})
 
     def _batch(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.long)
@@ -141,7 +144,7 @@ class SurrogateObjective:
         seq, tgt, neg = self._batch(rows)
 
         def one(sub, s, t, n):
-            return self._call(sub, s[None], t[None], n[None]).sum() / self.norm
+            return self._call(sub, s[None], t[None], n[None], compact=False).sum() / self.norm
 
         g = vmap(grad(one), in_dims=(None, 0, 0, 0))(self.theta, seq, tgt, neg)
         return torch.cat([g[n].reshape(len(seq), -1) for n in self.names], dim=1)

@@ -114,16 +114,26 @@ class SASRec(nn.Module):
 
 
 def sequence_losses(model: nn.Module, seq: torch.Tensor, tgt: torch.Tensor, *,
-                    loss: str = "ce", neg: torch.Tensor | None = None) -> torch.Tensor:
+                    loss: str = "ce", neg: torch.Tensor | None = None,
+                    compact: bool = False) -> torch.Tensor:
     """Per-position next-item losses (B, L); 0 where ``tgt == 0``.
 
-    ``loss="ce"``: softmax cross-entropy over all items (deterministic).
+    ``loss="ce"``: softmax cross-entropy over all items (deterministic). ``compact=True`` computes
+    logits only at target positions (same values; not for use under ``vmap``).
     ``loss="bce"``: the original SASRec loss, binary cross-entropy of the positive against the
     negative item ``neg`` (B, L) drawn by the caller.
     """
     h = model.encode(seq)  # (B, L, d)
     w = model.item_emb.weight
     mask = tgt > 0
+    if loss == "ce" and compact:
+        # logits only where there is a target (far less work and memory for padded batches);
+        # data-dependent shapes, so not usable under vmap
+        idx = mask.flatten().nonzero().squeeze(1)
+        ce = F.cross_entropy(h.flatten(0, 1)[idx] @ w[1:].T, tgt.flatten()[idx] - 1,
+                             reduction="none")
+        return torch.zeros(tgt.numel(), dtype=ce.dtype, device=ce.device).index_add(
+            0, idx, ce).view(tgt.shape)
     if loss == "ce":
         logits = h @ w[1:].T  # padding item excluded from the softmax
         ce = F.cross_entropy(logits.flatten(0, 1), (tgt - 1).clamp(min=0).flatten(),
