@@ -84,7 +84,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "effort_manifest.json"
 CHUNK_PATTERN = "effort_chunk_{:05d}.npy"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: `prefix` mode ("exact" default) replaced share_prefix
+PREFIX_MODES = ("exact", "fixed", "none")
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -105,9 +106,17 @@ class EffortConfig:
         0 (default): ``lora_B`` zero as peft initialises it; > 0: normal(0, std) ``lora_B``.
     loss_on:
         ``"response"`` (default: the target title + eos) or ``"all"`` (every token).
+    prefix:
+        How the prompt prefix shared by all samples is treated (see the module docstring):
+        ``"exact"`` (default): only what does not depend on the scored LoRA parameters is
+        computed once (the prefix below the lowest scored layer), the scores are the exact
+        full-prompt ones; ``"fixed"``: the whole prefix is computed once and is constant
+        context (fastest, an approximation: the LoRA gradient at prefix positions is dropped);
+        ``"none"``: no sharing, every sample runs its full prompt (exact, slowest).
     share_prefix:
-        Run the prompt prefix shared by all samples once and treat it as fixed context (see the
-        module docstring); ``False`` for the exact full-prompt gradient.
+        Deprecated alias kept for old call sites: ``None`` (default) uses ``prefix``;
+        ``True`` keeps ``prefix`` ("exact" or "fixed"; "none" is a conflict); ``False`` means
+        ``prefix="none"`` ("fixed" is a conflict). It is normalised to ``None``.
     cutoff_len, add_eos, template:
         Prompt construction (``template=None``: chosen from the data set name, Games wording
         by default).
@@ -130,7 +139,8 @@ class EffortConfig:
     seed: int = 0
     init_lora_b_std: float = 0.0
     loss_on: str = "response"
-    share_prefix: bool = True
+    prefix: str = "exact"
+    share_prefix: bool | None = None
     cutoff_len: int = 512
     add_eos: bool = True
     template: PromptTemplate | None = None
@@ -156,6 +166,19 @@ class EffortConfig:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.loss_on not in ("response", "all"):
             raise ConfigError(f"loss_on must be 'response' or 'all', got {self.loss_on!r}")
+        if self.prefix not in PREFIX_MODES:
+            raise ConfigError(f"prefix must be one of {', '.join(map(repr, PREFIX_MODES))}, "
+                              f"got {self.prefix!r}")
+        if self.share_prefix is not None:  # deprecated alias
+            mode = self.prefix
+            if not self.share_prefix:
+                if mode == "fixed":
+                    raise ConfigError("share_prefix=False conflicts with prefix='fixed'")
+                mode = "none"
+            elif mode == "none":
+                raise ConfigError("share_prefix=True conflicts with prefix='none'")
+            object.__setattr__(self, "prefix", mode)
+            object.__setattr__(self, "share_prefix", None)
         if self.lora_r < 1 or self.lora_alpha <= 0:
             raise ConfigError("lora_r must be >= 1 and lora_alpha > 0")
         if not (self.init_lora_b_std >= 0 and math.isfinite(self.init_lora_b_std)):
@@ -209,26 +232,38 @@ def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 @dataclass
 class _Prefix:
-    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (1, KVH, P, D), constants
     length: int
     const_all: torch.Tensor  # summed NLL of the prefix's own targets (loss_on='all')
     first_logp: torch.Tensor  # (V,) log-probs of the token after the prefix
+    # prefix "exact"/"none": the prefix enters every sample's sequence at decoder layer `ins`
+    # (None: "fixed", the whole prefix is constant context); the constant input of that layer
+    # at the prefix positions (hidden states and the decoder's per-layer position arguments)
+    ins: int | None = None
+    h: torch.Tensor | None = None  # (1, P, d)
+    pe: tuple[torch.Tensor, ...] | None = None  # position_embeddings, e.g. (cos, sin) (1, P, hd)
+    pos: torch.Tensor | None = None  # position_ids (1, P)
 
 
 @dataclass
 class _Layout:
     ids: np.ndarray  # (rows, L) token ids
-    positions: np.ndarray | None  # (1, L) position ids when packed
-    flat: np.ndarray  # flat index (rows * L) of the hidden state predicting each loss target
+    positions: np.ndarray | None  # (1, L) position ids (packed, or prefix inserted)
+    flat: np.ndarray  # flat index (into the output hidden states) predicting each loss target
     labels: np.ndarray  # target token ids
     bi: np.ndarray  # sample (in the batch) of each loss target
     w: np.ndarray  # 1 / number of loss targets, per sample
     first_tgt: np.ndarray  # per sample: its first token is a target (predicted by the prefix)
     first_ids: np.ndarray  # per sample: its first token
     B: int
-    T: int  # longest sample
-    dst: np.ndarray | None  # packed position -> b * T + t
+    T: int  # longest sample (incl. the prefix when it is inserted)
+    dst: np.ndarray | None  # packed position (of the output) -> b * T + t
     segments: list | None  # packed: [(start, n_samples, length)] runs of equal length
+    # prefix inserted at a decoder layer (exact/none modes): from that layer on, every sample's
+    # sequence is [prefix, own tokens]
+    inserted: bool = False
+    gather: np.ndarray | None = None  # packed: row index into cat([prefix, row]) per position
+    segments_high: list | None = None  # packed: the segments of the extended row
 
 
 def _segments(starts: np.ndarray, lens: np.ndarray) -> list[tuple[int, int, int]]:
@@ -244,6 +279,22 @@ def _segments(starts: np.ndarray, lens: np.ndarray) -> list[tuple[int, int, int]
     return out
 
 
+@dataclass
+class _AttnState:
+    """Layout of one forward for :func:`_batch_attention`.
+
+    Decoder layers with index < ``split`` see ``low``, the others ``high``; a layout is a list
+    of packed segments (one row) or ``None`` (right-padded rows). ``prefix_kv`` (constant
+    per-layer keys/values of the shared prefix) is attended to by the low layers only.
+    """
+
+    split: int
+    low: list | None
+    high: list | None
+    prefix_kv: list | None
+    masks: dict = dataclasses.field(default_factory=dict)
+
+
 _PACK = threading.local()
 _PACKED_NAME = "recprune_packed"
 _registered = False
@@ -254,16 +305,16 @@ def _register_packed_attention() -> None:
     if not _registered:
         from transformers import AttentionInterface
 
-        AttentionInterface.register(_PACKED_NAME, _packed_attention)
+        AttentionInterface.register(_PACKED_NAME, _batch_attention)
         _registered = True
 
 
 @contextlib.contextmanager
-def _packed_attention_context(configs, segments, prefix_kv):
-    """Make the model's attention layers use :func:`_packed_attention` for one forward."""
+def _attention_context(configs, state: _AttnState):
+    """Make the model's attention layers use :func:`_batch_attention` for one forward."""
     _register_packed_attention()
     saved = [c._attn_implementation for c in configs]
-    _PACK.state = (segments, prefix_kv, {})
+    _PACK.state = state
     try:
         for c in configs:
             c._attn_implementation = _PACKED_NAME
@@ -288,30 +339,53 @@ def _sdpa(q, k, v, mask, scaling, n_rep):
                                               is_causal=causal)
 
 
-def _packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                      scaling: float | None = None, **kwargs):
-    """Attention for one packed row: each sample attends to the shared prefix (keys/values
-    from the prefix cache, constants) and causally to its own tokens, never to the other
-    samples of the row.
+def _prefix_mask(masks: dict, P: int, ln: int, device) -> torch.Tensor:
+    """(ln, P + ln) bool: a query sees the whole prefix and causally its own tokens."""
+    mask = masks.get((P, ln))
+    if mask is None:
+        mask = masks[(P, ln)] = (torch.arange(P + ln, device=device)[None, :] <=
+                                 torch.arange(ln, device=device)[:, None] + P)
+    return mask
 
-    ``query``: (1, H, L, D); ``key``/``value``: (1, KVH, L, D) (the row only).
-    Consecutive samples of equal length are processed as one batched SDPA call.
+
+def _batch_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                     scaling: float | None = None, **kwargs):
+    """Per-sample causal attention for one batch (layout from the thread's :class:`_AttnState`).
+
+    Packed (one row): each sample attends causally to its own tokens only, never to the
+    other samples of the row; consecutive samples of equal length are one batched SDPA call.
+    Padded rows: plain causal attention per row (right padding comes after the real tokens).
+    In the layers below ``split``, every sample also attends to the shared prefix (constant
+    keys/values from the prefix cache, placed before its tokens).
+
+    ``query``: (rows, H, L, D); ``key``/``value``: (rows, KVH, L, D). The transformers
+    ``attention_mask`` is not used.
     """
     state = getattr(_PACK, "state", None)
-    if state is None:  # not inside a packed forward: plain SDPA
+    if state is None:  # not inside one of our forwards: plain SDPA
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
-    segments, prefix_kv, masks = state
     n_rep = getattr(module, "num_key_value_groups", 1)
+    low = module.layer_idx < state.split
+    segments = state.low if low else state.high
+    kp = vp = None
+    P = 0
+    if low and state.prefix_kv is not None:
+        kp, vp = state.prefix_kv[module.layer_idx]
+        P = kp.shape[2]
+    if segments is None:  # right-padded rows
+        rows, T = query.shape[0], query.shape[2]
+        mask = None
+        if P:
+            key = torch.cat([kp.expand(rows, -1, -1, -1), key], dim=2)
+            value = torch.cat([vp.expand(rows, -1, -1, -1), value], dim=2)
+            mask = _prefix_mask(state.masks, P, T, query.device)
+        o = _sdpa(query, key, value, mask, scaling, n_rep)  # (rows, H, T, D)
+        return o.transpose(1, 2).contiguous(), None
     H, D = query.shape[1], query.shape[-1]
     KVH = key.shape[1]
-    if prefix_kv is not None:
-        kp, vp = prefix_kv[module.layer_idx]
-        P = kp.shape[2]
-    else:
-        P = 0
     sizes = [n * ln for _, n, ln in segments]
     # One split per tensor (its backward is one concatenation), not one slice per sample.
     qs = torch.split(query.squeeze(0), sizes, dim=1)
@@ -326,14 +400,82 @@ def _packed_attention(module, query, key, value, attention_mask, dropout: float 
         if P:
             k = torch.cat([kp.expand(n, -1, -1, -1), k], dim=2)
             v = torch.cat([vp.expand(n, -1, -1, -1), v], dim=2)
-            mask = masks.get(ln)
-            if mask is None:
-                mask = masks[ln] = (torch.arange(P + ln, device=query.device)[None, :] <=
-                                    torch.arange(ln, device=query.device)[:, None] + P)
+            mask = _prefix_mask(state.masks, P, ln, query.device)
         o = _sdpa(q, k, v, mask, scaling, n_rep)
         outs.append(o.transpose(0, 1).reshape(H, n * ln, D))  # (H, n*ln, D)
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     return out.transpose(0, 1).unsqueeze(0).contiguous(), None  # (1, L, H, D)
+
+
+class _Insert:
+    """Forward pre-hook state of the decoder layer where the prefix enters the samples
+    (prefix modes "exact"/"none").
+
+    ``mode="capture"`` (the prefix's own forward) records that layer's input at the prefix
+    positions; ``mode="insert"`` (a batch) prepends those constant prefix states to every
+    sample's sequence: the hidden states and the per-layer position arguments
+    (``position_embeddings``, ``position_ids``) become those of [prefix, sample tokens]
+    (packed: per sample inside the row, via ``gather``), so that from this layer on the
+    prefix positions are inside each sample's autograd graph. The decoder passes the same
+    position arguments to every layer, so :meth:`hook_above` (on the layers above) swaps in
+    the extended ones too.
+    """
+
+    def __init__(self):
+        self.mode: str | None = None
+        self.prefix: _Prefix | None = None
+        self.gather: torch.Tensor | None = None
+        self.captured: dict = {}
+        self.extended: dict = {}  # the extended position arguments of the current batch
+
+    def reset(self) -> None:
+        self.mode = None
+        self.prefix = self.gather = None
+        self.captured = {}
+        self.extended = {}
+
+    def _join(self, pre: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        pre = pre.to(cur.dtype)
+        if self.gather is None:  # padded rows: [prefix, row] for every row
+            if pre.shape[0] != cur.shape[0]:
+                pre = pre.expand(cur.shape[0], *pre.shape[1:])
+            return torch.cat([pre, cur], dim=1)
+        return torch.cat([pre, cur], dim=1).index_select(1, self.gather)
+
+    def hook(self, mod, args, kwargs):
+        if self.mode is None:
+            return None
+        h = args[0] if args else kwargs["hidden_states"]
+        pe = kwargs.get("position_embeddings")
+        pos = kwargs.get("position_ids")
+        if self.mode == "capture":
+            self.captured = {"h": h.detach(),
+                             "pe": tuple(t.detach() for t in pe) if pe is not None else None,
+                             "pos": pos.detach() if pos is not None else None}
+            return None
+        p = self.prefix
+        h = self._join(p.h, h)
+        if args:
+            args = (h, *args[1:])
+        else:
+            kwargs["hidden_states"] = h
+        ext = self.extended = {}
+        if pe is not None:
+            ext["position_embeddings"] = tuple(self._join(a, b) for a, b in zip(p.pe, pe))
+        if pos is not None:
+            pre = p.pos if p.pos is not None else \
+                torch.arange(p.length, device=pos.device)[None]
+            ext["position_ids"] = self._join(pre, pos)
+        if "attention_mask" in kwargs:  # masks are made by _batch_attention
+            ext["attention_mask"] = None
+        kwargs.update(ext)
+        return args, kwargs
+
+    def hook_above(self, mod, args, kwargs):
+        if self.mode != "insert":
+            return None
+        kwargs.update({k: v for k, v in self.extended.items() if k in kwargs})
+        return args, kwargs
 
 
 class _Capture:
@@ -410,6 +552,11 @@ class EffortScorer:
         for k, (_, mod) in enumerate(self._scored):
             mod.lora_A[self._adapter].register_forward_hook(cap.hook_a(k))
             mod.lora_B[self._adapter].register_forward_hook(cap.hook_b(k))
+        self._ins = _Insert()
+        if self.insert_layer is not None:
+            for i in range(self.insert_layer, len(self._layers)):
+                hook = self._ins.hook if i == self.insert_layer else self._ins.hook_above
+                self._layers[i].register_forward_pre_hook(hook, with_kwargs=True)
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -461,6 +608,11 @@ class EffortScorer:
                                       f"{self.n_layers})")
                 layers.add(j)
         self.scored_layers = sorted(layers)
+        #: lowest scored layer: nothing below it depends on the scored LoRA parameters
+        self.l0 = self.scored_layers[0]
+        #: decoder layer where the shared prefix enters every sample's sequence (None: the
+        #: prefix is constant context, prefix="fixed")
+        self.insert_layer = {"fixed": None, "exact": self.l0, "none": 0}[cfg.prefix]
         self._scored = [(n, mod) for i, n, mod in lora if i in layers]
         for p in pm.parameters():
             p.requires_grad_(False)
@@ -473,6 +625,11 @@ class EffortScorer:
         self._base = base
         self._decoder = base.get_decoder() if hasattr(base, "get_decoder") else base.model
         self._head = base.get_output_embeddings()
+        self._layers = getattr(self._decoder, "layers", None)
+        if self._layers is None and cfg.prefix != "fixed":
+            raise ConfigError(f"prefix={cfg.prefix!r} needs the decoder's `layers` list, which "
+                              f"{type(self._decoder).__name__} does not have; use "
+                              "prefix='fixed'")
         self._softcap = getattr(base.config, "final_logit_softcapping", None)
         self._configs = list({id(m.config): m.config for m in base.modules()
                               if hasattr(m, "config") and hasattr(m.config,
@@ -493,9 +650,23 @@ class EffortScorer:
         records = build_records(dataset, rows, tpl, tokenizer=self.tokenizer,
                                 cutoff_len=cfg.cutoff_len, add_eos=cfg.add_eos)
         return tokenize_records(records, self.tokenizer,
-                                prefix_text=tpl.shared_prefix() if cfg.share_prefix else "",
+                                prefix_text=tpl.shared_prefix() if self.shares_prefix else "",
                                 cutoff_len=cfg.cutoff_len, add_eos=cfg.add_eos,
                                 loss_on=cfg.loss_on)
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether the prompt prefix shared by all samples is computed once: "fixed", and
+        "exact" unless the lowest scored layer is layer 0 (then there is nothing to share and
+        "exact" is the same computation as "none")."""
+        return self.config.prefix == "fixed" or (self.config.prefix == "exact" and self.l0 > 0)
+
+    def _prefix_share(self, ts: TokenizedSamples) -> float:
+        """Layer-averaged extra tokens each sample runs for the prefix (inserted modes): the
+        prefix positions are per sample in the layers from ``insert_layer`` on."""
+        if self.insert_layer is None or len(ts.prefix_ids) == 0:
+            return 0.0
+        return len(ts.prefix_ids) * (self.n_layers - self.insert_layer) / self.n_layers
 
     @property
     def max_batch_tokens(self) -> int:
@@ -510,39 +681,58 @@ class EffortScorer:
 
     def batches(self, ts: TokenizedSamples, idx: np.ndarray) -> list[_Batch]:
         """Split length-sorted samples ``idx`` into batches of at most ``max_batch_tokens`` tokens
-        (real tokens when packing, padded batch size x longest length otherwise)."""
+        (real tokens when packing, padded batch size x longest length otherwise; with the
+        prefix inserted per sample ("exact"), its layer-averaged share counts too)."""
         budget = self.max_batch_tokens
         packing = self.packing
-        lens = ts.lengths[idx]
+        extra = self._prefix_share(ts)
+        lens = ts.lengths[idx].astype(np.float64) + extra
         out, start = [], 0
         while start < len(idx):
-            end, longest, total = start + 1, int(lens[start]), int(lens[start])
+            end, longest, total = start + 1, lens[start], lens[start]
             while end < len(idx):
-                nl = max(longest, int(lens[end]))
-                cost = total + int(lens[end]) if packing else (end - start + 1) * nl
+                nl = max(longest, lens[end])
+                cost = total + lens[end] if packing else (end - start + 1) * nl
                 if cost > budget:
                     break
-                longest, total, end = nl, total + int(lens[end]), end + 1
-            out.append(_Batch(idx[start:end], total if packing else (end - start) * longest))
+                longest, total, end = nl, total + lens[end], end + 1
+            tokens = total if packing else (end - start) * longest
+            out.append(_Batch(idx[start:end], int(round(tokens))))
             start = end
         return out
 
     # -- model passes ---------------------------------------------------------------------------
 
     def _prefix(self, ts: TokenizedSamples) -> _Prefix | None:
+        """The shared prefix run once (no graph): its key/value cache, its own NLL and the
+        log-probs of the next token ("fixed"), and the input of ``insert_layer`` at its
+        positions (inserted modes)."""
         if len(ts.prefix_ids) == 0:
             return None
         key = tuple(ts.prefix_ids.tolist())
         if key not in self._prefix_cache:
             ids = torch.as_tensor(ts.prefix_ids, device=self.device)[None]
-            with torch.no_grad():
-                out = self._decoder(input_ids=ids, use_cache=True)
-                h = out.last_hidden_state[0]
-                logp = self._logits(h).float().log_softmax(-1)
-                const_all = -logp[torch.arange(len(key) - 1, device=self.device),
-                                  ids[0, 1:]].sum()
-                kv = [(k.detach(), v.detach()) for k, v in _cache_kv(out.past_key_values)]
-            self._prefix_cache = {key: _Prefix(kv, len(key), const_all, logp[-1])}
+            ins = self._ins
+            ins.mode = "capture" if self.insert_layer is not None else None
+            try:
+                with torch.no_grad():
+                    out = self._decoder(input_ids=ids, use_cache=True)
+                    h = out.last_hidden_state[0]
+                    logp = self._logits(h).float().log_softmax(-1)
+                    const_all = -logp[torch.arange(len(key) - 1, device=self.device),
+                                      ids[0, 1:]].sum()
+                    kv = [(k.detach(), v.detach()) for k, v in _cache_kv(out.past_key_values)]
+                cap = ins.captured
+            finally:
+                ins.reset()
+            pre = _Prefix(kv, len(key), const_all, logp[-1])
+            if self.insert_layer is not None:
+                if cap.get("h") is None:
+                    raise ScoringError(f"decoder layer {self.insert_layer} was not run on the "
+                                       "prompt prefix")
+                pre.ins, pre.h, pre.pe, pre.pos = self.insert_layer, cap["h"], cap["pe"], \
+                    cap["pos"]
+            self._prefix_cache = {key: pre}
         return self._prefix_cache[key]
 
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -566,35 +756,69 @@ class EffortScorer:
             return bool(self.config.packing)
         return self.device.type != "cuda"
 
-    def _layout(self, ts: TokenizedSamples, idx: np.ndarray) -> _Layout:
-        """Token layout of one batch: packed into one row, or right-padded to (B, T)."""
+    def _layout(self, ts: TokenizedSamples, idx: np.ndarray,
+                prefix: _Prefix | None = None) -> _Layout:
+        """Token layout of one batch: packed into one row, or right-padded to (B, T).
+
+        With the prefix inserted at a decoder layer (``prefix.ins`` set), ``ids`` and
+        ``positions`` are those of the samples' own tokens (the layers below), everything else
+        refers to the extended sequences [prefix, own tokens] of the layers from there on.
+        """
         lens = ts.lengths[idx]
         B, T = len(idx), int(lens.max())
         cols = np.arange(T)
         valid = cols[None, :] < lens[:, None]
         src = np.minimum(ts.indptr[idx][:, None] + cols[None, :], max(len(ts.ids) - 1, 0))
         tgt = valid & ts.target[src]
-        first_tgt = tgt[:, 0].copy()  # predicted from the (constant) last prefix position
-        tgt[:, 0] = False
-        bi, tj = np.nonzero(tgt)
         ntg = ts.n_targets[idx].astype(np.float64)
         w = np.where(ntg > 0, 1.0 / np.maximum(ntg, 1.0), 0.0)
         first_ids = ts.ids[ts.indptr[idx]] if len(ts.ids) else np.zeros(B, dtype=np.int64)
-        if self.packing:
-            starts = np.zeros(B, dtype=np.int64)
-            np.cumsum(lens[:-1], out=starts[1:])
+        P = len(ts.prefix_ids)
+        packing = self.packing
+        starts = np.zeros(B, dtype=np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        if packing:
             ids = np.concatenate([ts.ids[ts.indptr[i]:ts.indptr[i + 1]] for i in idx])[None]
-            P = len(ts.prefix_ids)
-            positions = (np.arange(ids.shape[1]) - np.repeat(starts, lens) + P)[None]
-            flat = starts[bi] + tj - 1  # position (in the row) whose logits predict the target
-            dst = (np.repeat(np.arange(B), lens) * T + (np.arange(ids.shape[1]) -
-                                                         np.repeat(starts, lens)))
+            within = np.arange(ids.shape[1]) - np.repeat(starts, lens)
+            positions = (within + P)[None]
             segs = _segments(starts, lens)
         else:
             pad = self.tokenizer.pad_token_id
             ids = np.where(valid, ts.ids[src], pad if pad is not None else 0)
-            positions, dst, segs = None, None, None
-            flat = bi * T + tj - 1
+            positions, segs = None, None
+        if prefix is not None and prefix.ins is not None:
+            # The full sequences [prefix, sample]: every loss target, those in the prefix and
+            # the first sample token included, is predicted by a position in the graph.
+            Tf = P + T
+            ptgt = np.zeros((B, P), dtype=bool)
+            if P and self.config.loss_on == "all":
+                ptgt[ts.n_targets[idx] > tgt.sum(1), 1:] = True
+            ftgt = np.concatenate([ptgt, tgt], axis=1)
+            ftgt[:, 0] = False
+            fids = np.concatenate([np.broadcast_to(ts.prefix_ids, (B, P)), ts.ids[src]], axis=1)
+            bi, tj = np.nonzero(ftgt)
+            kw = dict(labels=fids[bi, tj], bi=bi, w=w, first_tgt=np.zeros(B, dtype=bool),
+                      first_ids=first_ids, B=B, T=Tf, inserted=True)
+            if packing:
+                hl = lens + P
+                sh = np.zeros(B, dtype=np.int64)
+                np.cumsum(hl[:-1], out=sh[1:])
+                kk = np.arange(int(hl.sum())) - np.repeat(sh, hl)  # position in [prefix, sample]
+                # index into cat([prefix, low row]): prefix k -> k, sample token -> P + start + k-P
+                gather = np.where(kk < P, kk, kk + np.repeat(starts, hl))
+                return _Layout(ids=ids, positions=positions, flat=sh[bi] + tj - 1,
+                               dst=np.repeat(np.arange(B), hl) * Tf + kk, segments=segs,
+                               gather=gather, segments_high=_segments(sh, hl), **kw)
+            return _Layout(ids=ids, positions=(P + cols)[None], flat=bi * Tf + tj - 1, dst=None,
+                           segments=None, **kw)
+        first_tgt = tgt[:, 0].copy()  # predicted from the (constant) last prefix position
+        tgt[:, 0] = False
+        bi, tj = np.nonzero(tgt)
+        if packing:
+            flat = starts[bi] + tj - 1  # position (in the row) whose logits predict the target
+            dst = np.repeat(np.arange(B), lens) * T + within
+        else:
+            flat, dst = bi * T + tj - 1, None
         return _Layout(ids=ids, positions=positions, flat=flat, labels=ts.ids[src][bi, tj],
                        bi=bi, w=w, first_tgt=first_tgt, first_ids=first_ids, B=B, T=T, dst=dst,
                        segments=segs)
@@ -603,7 +827,7 @@ class EffortScorer:
                    grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (mean loss, squared gradient norm) of one batch, on the model's device."""
         dev = self.device
-        lay = self._layout(ts, idx)
+        lay = self._layout(ts, idx, prefix)
         B = lay.B
         ids = torch.as_tensor(lay.ids, device=dev)
         bi = torch.as_tensor(lay.bi, device=dev)
@@ -611,17 +835,17 @@ class EffortScorer:
         labels = torch.as_tensor(lay.labels, device=dev)
         w = torch.as_tensor(lay.w, device=dev, dtype=torch.float32)
         const = torch.zeros(B, device=dev, dtype=torch.float32)
-        if prefix is not None:
+        if prefix is not None and not lay.inserted:  # "fixed": the prefix's NLL is a constant
             if self.config.loss_on == "all":
                 const = const + prefix.const_all
             if lay.first_tgt.any():
                 first = torch.as_tensor(lay.first_tgt, device=dev)
                 fl = prefix.first_logp[torch.as_tensor(lay.first_ids, device=dev)]
                 const = const - torch.where(first, fl, 0.0)
-        if prefix is not None and lay.segments is None:
+        if prefix is not None and not lay.inserted and lay.segments is None:
             kwargs = {"past_key_values": self._expanded_cache(prefix, ids.shape[0]),
                       "use_cache": True}
-        else:  # packed: the attention takes the prefix keys/values directly
+        else:  # our attention takes the prefix keys/values directly
             kwargs = {"use_cache": False}
         if lay.positions is not None:
             kwargs["position_ids"] = torch.as_tensor(lay.positions, device=dev)
@@ -630,7 +854,8 @@ class EffortScorer:
         cap.clear()
         cap.on = grad
         try:
-            with torch.set_grad_enabled(grad), self._packed(lay, prefix):
+            with torch.set_grad_enabled(grad), self._attention(lay, prefix), \
+                    self._inserting(lay, prefix):
                 h = self._decoder(input_ids=ids, **kwargs).last_hidden_state
             h = h.reshape(-1, h.shape[-1])
             with torch.set_grad_enabled(grad):
@@ -649,12 +874,35 @@ class EffortScorer:
             cap.clear()
         return loss, sq
 
-    def _packed(self, lay: _Layout, prefix: _Prefix | None):
-        """Context: route attention through the per-sample packed attention for this batch."""
-        if lay.segments is None:
+    def _attention(self, lay: _Layout, prefix: _Prefix | None):
+        """Context: route attention through :func:`_batch_attention` for this batch (packed
+        rows, or an inserted prefix); padded batches otherwise use the model's own attention
+        (with the expanded prefix cache for "fixed")."""
+        if lay.inserted:
+            state = _AttnState(split=prefix.ins, low=lay.segments, high=lay.segments_high,
+                               prefix_kv=prefix.kv)
+        elif lay.segments is not None:
+            state = _AttnState(split=self.n_layers, low=lay.segments, high=None,
+                               prefix_kv=prefix.kv if prefix is not None else None)
+        else:
             return contextlib.nullcontext()
-        return _packed_attention_context(self._configs, lay.segments,
-                                         prefix.kv if prefix is not None else None)
+        return _attention_context(self._configs, state)
+
+    @contextlib.contextmanager
+    def _inserting(self, lay: _Layout, prefix: _Prefix | None):
+        """Context: the pre-hook of ``insert_layer`` prepends the prefix states per sample."""
+        if not lay.inserted:
+            yield
+            return
+        ins = self._ins
+        ins.prefix = prefix
+        ins.gather = None if lay.gather is None else \
+            torch.as_tensor(lay.gather, device=self.device)
+        ins.mode = "insert"
+        try:
+            yield
+        finally:
+            ins.reset()
 
     @torch.no_grad()
     def _sq_norms(self, keys, grads, lay: _Layout) -> torch.Tensor:
@@ -846,20 +1094,22 @@ class EffortScorer:
     def reference_scores(self, dataset_or_ts, rows=None) -> np.ndarray:
         """Naive effort scores: one full forward + ``loss.backward()`` per sample through the
         standard peft model (LM head on every position), norm of the scored LoRA parameters'
-        ``.grad`` (A and B). With a shared prefix, the same fixed prefix cache is used. For
-        verification and benchmarks: slow."""
+        ``.grad`` (A and B). The full prompt (prefix included) is run for every sample, except
+        with ``prefix="fixed"``, where the same fixed prefix cache as the batched scorer's is
+        used. For verification and benchmarks: slow."""
         ts = dataset_or_ts if isinstance(dataset_or_ts, TokenizedSamples) else \
             self.prepare(dataset_or_ts, rows)
         params = []
         for _, mod in self._scored:
             params += [mod.lora_A[self._adapter].weight, mod.lora_B[self._adapter].weight]
-        prefix = self._prefix(ts)
+        fixed = self.insert_layer is None
+        prefix = self._prefix(ts) if fixed else None
         out = np.zeros(ts.n)
         try:
             for p in params:
                 p.requires_grad_(True)
             for i in range(ts.n):
-                ids_np, tgt_np = ts.sample(i)
+                ids_np, tgt_np = ts.sample(i) if fixed else ts.full(i)
                 ids = torch.as_tensor(ids_np, device=self.device)[None]
                 kw = {"past_key_values": self._expanded_cache(prefix, 1), "use_cache": True} \
                     if prefix is not None else {"use_cache": False}

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +135,12 @@ def evaluate(model: SASRec, ds: InteractionDataset, period: str = "valid", *,
 
 
 def train_surrogate(ds: InteractionDataset, config: SurrogateTrainConfig | None = None, *,
-                    show_progress: bool = True) -> TrainResult:
+                    show_progress: bool = True,
+                    on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train SASRec on the training period, early-stopping on the validation period.
 
     The model with the best validation ``config.metric`` is returned (not the last one).
+    ``on_epoch`` is called with each epoch's record (loss, seconds, validation metrics).
     """
     cfg = config or SurrogateTrainConfig()
     cfg.validate()
@@ -191,6 +194,8 @@ def train_surrogate(ds: InteractionDataset, config: SurrogateTrainConfig | None 
                     bad += 1
             rec["elapsed_seconds"] = time.perf_counter() - t0
             res.history.append(rec)
+            if on_epoch is not None:
+                on_epoch(rec)
             info = f"loss {rec['loss']:.4f}"
             if f"valid_{cfg.metric}" in rec:
                 info += f"  valid {cfg.metric} {rec[f'valid_{cfg.metric}']:.4f} (best {best:.4f})"
