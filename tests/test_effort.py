@@ -1,7 +1,8 @@
 """Effort score (DEALRec Eq. 12) with the real SmolLM2 model on a few short real Games samples.
 
 The batched per-sample gradient norms are compared with one ``loss.backward()`` per sample
-through the standard peft model (``EffortScorer.reference_scores``).
+through the standard peft model (``EffortScorer.reference_scores``): on the full prompt for the
+exact prefix modes ("exact", "none"), with the same constant prefix cache for "fixed".
 """
 
 from __future__ import annotations
@@ -57,15 +58,25 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize("kw", [
-    # exact full-prompt gradient, random lora_B so that the lora_A path is checked too
-    dict(share_prefix=False, init_lora_b_std=0.02),
-    # fixed shared prefix, against per-sample backward with the same prefix cache
-    dict(share_prefix=True, init_lora_b_std=0.02, max_batch_tokens=100),
-    # the reference implementation's choice: only the last layer's LoRA, fresh (B = 0)
+    # exact prefix sharing (default), reference implementation's choice: only the last layer's
+    # LoRA, fresh (B = 0); the prefix enters the samples at layer 29
     dict(lora_layers="last"),
-    # right-padded batches (the CUDA layout), loss on all tokens, two chosen layers
-    dict(packing=False, loss_on="all", lora_layers=[0, -1], init_lora_b_std=0.02),
-], ids=["full-prompt", "shared-prefix", "last", "padded-loss-all"])
+    # exact, three layers (prefix inserted at layer 10), random lora_B (lora_A path checked
+    # too), several packed batches
+    dict(lora_layers=(10, 20, 29), init_lora_b_std=0.02, max_batch_tokens=150),
+    # exact with every layer scored (paper): nothing to share, the full prompt per sample
+    dict(lora_layers="all", init_lora_b_std=0.02),
+    # exact, right-padded batches (the CUDA layout), loss on all tokens (prefix targets too)
+    dict(lora_layers=(10, 20, 29), packing=False, loss_on="all", init_lora_b_std=0.02),
+    # no sharing at all
+    dict(prefix="none", lora_layers=(10, 20, 29), init_lora_b_std=0.02),
+    # fixed prefix (approximation), against per-sample backward with the same prefix cache
+    dict(prefix="fixed", init_lora_b_std=0.02, max_batch_tokens=100),
+    # fixed prefix, right-padded (transformers' own attention with the expanded cache)
+    dict(prefix="fixed", packing=False, loss_on="all", lora_layers=[0, -1],
+         init_lora_b_std=0.02),
+], ids=["exact-last", "exact-middle", "exact-all", "exact-padded-loss-all", "none-middle",
+        "fixed", "fixed-padded-loss-all"])
 def test_batched_norms_equal_per_sample_backward(games, kw):
     sc = make(**kw)
     ts = sc.prepare(games, ROWS)
@@ -76,22 +87,32 @@ def test_batched_norms_equal_per_sample_backward(games, kw):
     assert rel_err(got, want) < 1e-4
     if kw.get("max_batch_tokens"):
         assert len(sc.batches(ts, sc.sorted_order(ts))) > 1
+    # where there is something below the lowest scored layer, the prefix is shared
+    assert (len(ts.prefix_ids) > 0) == (sc.config.prefix == "fixed" or
+                                        (sc.config.prefix == "exact" and sc.l0 > 0))
 
 
-def test_fresh_lora_a_grads_are_zero_and_prefix_is_fixed_context(games):
-    sc = make(lora_layers="last")
-    ts = sc.prepare(games, ROWS[:3])
-    sc.reference_scores(ts)  # leaves no grads behind
-    mod = sc._scored[0][1]
+def test_prefix_modes_same_loss_exact_vs_fixed_gradient(games):
+    rows = ROWS[:3]
+    exact, fixed, none = (make(lora_layers="last", prefix=m) for m in ("exact", "fixed", "none"))
+    ts = exact.prepare(games, rows)
+    exact.reference_scores(ts)  # leaves no grads behind
+    mod = exact._scored[0][1]
     assert mod.lora_A["default"].weight.grad is None
-    # the loss is the same with and without the shared prefix cache (same tokens, same mean)
-    full = make(lora_layers="last", share_prefix=False)
-    l_shared = sc.sample_losses(ts)
-    l_full = full.sample_losses(full.prepare(games, ROWS[:3]))
-    assert rel_err(l_shared, l_full) < 1e-4
-    for cfg in (dict(lora_layers="last", loss_on="all"),):
-        a, b = make(**cfg), make(**cfg, share_prefix=False)
-        assert rel_err(a.sample_losses(games, ROWS[:3]), b.sample_losses(games, ROWS[:3])) < 1e-4
+    # the loss is the same in every mode (same tokens, same mean)
+    l_exact = exact.sample_losses(ts)
+    assert rel_err(fixed.sample_losses(ts), l_exact) < 1e-4
+    assert rel_err(none.sample_losses(games, rows), l_exact) < 1e-4
+    # exact sharing = no sharing; the fixed prefix drops the prefix positions' contribution
+    s_exact = exact.score_tokenized(ts, progress=False)
+    np.testing.assert_allclose(none.score(games, rows, progress=False), s_exact, rtol=1e-4)
+    assert rel_err(fixed.score_tokenized(ts, progress=False), s_exact) > 1e-2
+    # a prefix given to a "none" scorer enters at layer 0 (e.g. a tokenizer's bos token):
+    # still the full-prompt gradient
+    np.testing.assert_allclose(none.score_tokenized(ts, progress=False), s_exact, rtol=1e-4)
+    a, b = make(lora_layers=[20], loss_on="all"), make(lora_layers=[20], prefix="fixed",
+                                                       loss_on="all")
+    assert rel_err(a.sample_losses(games, rows), b.sample_losses(games, rows)) < 1e-4
 
 
 def test_score_api_and_disk_cache_resume(games, tmp_path):
@@ -152,6 +173,18 @@ def test_bad_config_and_model():
         EffortConfig(loss_on="prompt")
     with pytest.raises(ConfigError):
         EffortConfig(lora_layers=[])
+    with pytest.raises(ConfigError, match="prefix must be"):
+        EffortConfig(prefix="shared")
+    # deprecated share_prefix: True = share (exact unless asked for fixed), False = none
+    assert EffortConfig().prefix == "exact"
+    assert EffortConfig(share_prefix=True) == EffortConfig(prefix="exact")
+    assert EffortConfig(share_prefix=True, prefix="fixed").prefix == "fixed"
+    assert EffortConfig(share_prefix=False) == EffortConfig(prefix="none")
+    assert EffortConfig(share_prefix=False).share_prefix is None
+    with pytest.raises(ConfigError, match="conflicts"):
+        EffortConfig(share_prefix=False, prefix="fixed")
+    with pytest.raises(ConfigError, match="conflicts"):
+        EffortConfig(share_prefix=True, prefix="none")
     with pytest.raises(RecpruneError, match="does not exist"):
         EffortScorer("/no/such/model/dir")
     with pytest.raises(ConfigError, match="no layer 99"):

@@ -37,22 +37,42 @@ How it is computed
   contributes exactly nothing). The LM head is applied only at the positions whose logits the
   loss needs; nothing below the lowest scored LoRA layer is recorded for backward (for
   ``"last"`` the lower layers run without a graph).
-* Shared prefix (``share_prefix=True``, default): every prompt starts with the same text (Alpaca
-  header, instruction and the fixed lead-in of the input, ~77 tokens for Games, about half of a
-  typical sample). It is run through the model ONCE and its key/value cache is reused by every
-  sample. **The shared prefix is fixed context**: it is computed with the adapter in place
-  (with ``lora_B = 0`` its values are exactly those of the full prompt), but it is a constant,
-  so the score is the gradient w.r.t. the LoRA parameters *acting on the sample-specific
-  tokens* (the history titles, the response and the template text between them); the
-  contributions of the LoRA branches at prefix positions (e.g. via the value vectors of prefix
-  tokens that later tokens attend to) are dropped. The loss itself is unchanged (same tokens,
-  same normalisation; for ``loss_on="all"`` the prefix tokens' NLL enters as a constant).
-  ``share_prefix=False`` computes the exact full-prompt gradient of Eq. 12 (about 1.6-1.7x
-  the time on Games). The difference is not negligible: the prefix positions carry a large part
-  of the gradient norm (with ``"all"``, roughly 40 % of it on Games samples), and on 8 random
-  Games users the Spearman rank correlation between the two scores was ~0.90 (0.94 / 0.90 for
-  ``"all"`` / ``"last"`` on 16 users); use ``share_prefix=False`` where faithfulness to the
-  paper matters more than time.
+* Shared prompt prefix (``prefix``): every prompt starts with the same text (Alpaca header,
+  instruction and the fixed lead-in of the input: ~77 tokens for Games, about half of a
+  typical sample; 32 random Games users have 5355 full-prompt tokens, 2891 without the
+  prefix). While the adapter is fixed (``lora_B = 0``, or any fixed ``B``) the forward values
+  at the prefix positions are the same for every sample, but from the lowest scored LoRA layer
+  ``l0`` up they depend on the scored parameters: the LoRA branches at prefix positions (e.g.
+  the value vectors of prefix tokens that later tokens attend to) are part of every sample's
+  gradient, and differently for each sample. Three modes:
+
+  - ``"exact"`` (default): only what does not depend on the scored parameters is computed
+    once: the prefix through the layers below ``l0`` (their key/value cache, which the
+    sample's own tokens attend to there, and the prefix's hidden state at the input of layer
+    ``l0``). From layer ``l0`` up every sample runs [prefix, its own tokens], the prefix part
+    taken from that cache (a forward pre-hook on layer ``l0`` prepends it; packed rows become
+    [prefix, sample 1, prefix, sample 2, ...], padded rows [prefix, sample, padding]), so the
+    prefix positions are inside each sample's autograd graph and covered by the per-sample
+    gradient hooks. The scores are the exact full-prompt gradient norms of Eq. 12 (tested to
+    < 1e-4 relative error against one full-prompt backward per sample for ``"last"``,
+    ``"all"`` and ``(10, 20, 29)``). For ``"last"`` (``l0`` = 29 of 30 layers) this costs
+    about 5 % more than ``"fixed"``; for ``"all"`` (``l0 = 0``) nothing can be shared and it
+    is the ``"none"`` computation.
+  - ``"fixed"``: the whole prefix is run once with the adapter in place and its key/value
+    cache is constant context for every sample (fastest: with ``"all"`` about 0.57x the time
+    of ``"exact"``). An approximation: the score is the gradient w.r.t. the LoRA parameters
+    *acting on the sample-specific tokens* (the history titles, the response and the template
+    text between them); the contributions of the LoRA branches at prefix positions are
+    dropped (with ``"all"`` roughly 40 % of the gradient norm on Games samples). The loss
+    itself is unchanged (same tokens, same normalisation; for ``loss_on="all"`` the prefix
+    tokens' NLL enters as a constant). Spearman rank correlation with the exact scores on
+    random Games users: 0.954 / 0.952 (``"all"`` / ``"last"``, 32 users; 0.905 / 0.905 on 8).
+  - ``"none"``: no sharing, every sample runs its full prompt (exact, the same scores as
+    ``"exact"``; with ``"last"`` about 1.6x its time).
+
+  Timings: 1 CPU thread, on a 2-core machine busy with another job, 8-32 random Games users
+  (``benchmarks/bench_effort.py``). The deprecated ``share_prefix`` option maps ``True`` to
+  sharing (``"exact"`` unless ``"fixed"`` is asked for) and ``False`` to ``"none"``.
 
 Scores are cached on disk in chunks (see :meth:`EffortScorer.score`), so a killed run resumes.
 """
@@ -121,7 +141,9 @@ class EffortConfig:
         Prompt construction (``template=None``: chosen from the data set name, Games wording
         by default).
     max_batch_tokens:
-        Token budget of a batch (tokens incl. padding); ``None``: 1024 on CPU, 8192 on CUDA.
+        Token budget of a batch (tokens incl. padding and, with ``prefix="exact"``, the
+        per-sample prefix copies averaged over the layers they run in); ``None``: 1024 on CPU,
+        8192 on CUDA.
         Affects speed only, not the scores (beyond float rounding).
     packing:
         Pack a batch's samples into one row without any padding (attention computed per sample
@@ -325,16 +347,24 @@ def _attention_context(configs, state: _AttnState):
         _PACK.state = None
 
 
+def _repeat_kv(k: torch.Tensor, n_rep: int) -> torch.Tensor:
+    n, kvh, s, d = k.shape
+    return k[:, :, None].expand(n, kvh, n_rep, s, d).reshape(n, kvh * n_rep, s, d)
+
+
 def _sdpa(q, k, v, mask, scaling, n_rep):
     causal = mask is None
+    # Fused GQA: on CPU always; on accelerators only without a mask (CUDA's fused kernels
+    # do not take a mask together with GQA and would fall back to the math kernel).
+    gqa = n_rep > 1 and (mask is None or q.device.type == "cpu")
+    if n_rep > 1 and not gqa:
+        k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     try:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
-                                              is_causal=causal, enable_gqa=n_rep > 1)
+                                              is_causal=causal, enable_gqa=gqa)
     except TypeError:  # torch < 2.5: no enable_gqa
-        if n_rep > 1:
-            n, kvh, s, d = k.shape
-            k = k[:, :, None].expand(n, kvh, n_rep, s, d).reshape(n, kvh * n_rep, s, d)
-            v = v[:, :, None].expand(n, kvh, n_rep, s, d).reshape(n, kvh * n_rep, s, d)
+        if gqa:
+            k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling,
                                               is_causal=causal)
 
@@ -511,7 +541,9 @@ class _Capture:
 @dataclass
 class _Batch:
     idx: np.ndarray  # sample indices (into the TokenizedSamples)
-    tokens: int  # tokens run through the model (incl. padding when not packed)
+    # tokens run through the model, averaged over the layers (incl. padding when not packed,
+    # and the prefix copies in the layers from insert_layer up with prefix="exact")
+    tokens: int
 
 
 # ----------------------------------------------------------------------------- scorer
@@ -1075,12 +1107,14 @@ class EffortScorer:
         self.last_run = {"n": n, "chunks_loaded": loaded, "chunks_computed": todo,
                          "seconds": elapsed, "tokens_processed": tokens_run,
                          "tokens_real": total_tokens,
-                         "prefix_tokens": len(ts.prefix_ids)}
+                         "prefix_tokens": len(ts.prefix_ids), "prefix": self.config.prefix,
+                         "insert_layer": self.insert_layer}
         return scores
 
     def sample_losses(self, dataset_or_ts, rows=None, *, grad: bool = False) -> np.ndarray:
         """Per-sample mean loss; with ``grad=False`` a forward pass only (the same batches,
-        prefix cache and LM-head positions as :meth:`score`, used as its speed floor)."""
+        layout, prefix handling and LM-head positions as :meth:`score`, used as its speed
+        floor)."""
         ts = dataset_or_ts if isinstance(dataset_or_ts, TokenizedSamples) else \
             self.prepare(dataset_or_ts, rows)
         out = np.zeros(ts.n)
