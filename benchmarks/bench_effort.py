@@ -179,7 +179,7 @@ def print_table(results: dict, file=sys.stdout) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=64, help="number of random Games users (64)")
-    p.add_argument("--data", default="/work/shared/data/games")
+    p.add_argument("--data", default="../shared/data/games")
     p.add_argument("--model", default=None, help="model (default SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="auto")
     p.add_argument("--layers", nargs="+", default=["all", "last"], choices=["all", "last"])

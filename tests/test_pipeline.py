@@ -105,6 +105,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, args, msg):
             "--quiet"]
     r = runner.invoke(app, base + args)
     assert r.exit_code == 2, r.output
+    assert not (tmp_path / "x").exists()  # nothing written for a bad request
     assert "error:" in r.output and msg in r.output
     assert "Traceback" not in r.output
 

