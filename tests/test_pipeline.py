@@ -121,7 +121,7 @@ def test_cli_pickle_needs_trust(tmp_path):
     assert r.exit_code == 2 and "trust" in r.output
     r = runner.invoke(app, ["data", "stats", "--data", str(d), "--trust-pickle", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["users"] == 2
+    assert json.loads(r.stdout)["users"] == 2
 
 
 def test_data_stats_on_games():
@@ -130,7 +130,7 @@ def test_data_stats_on_games():
         pytest.skip("shared Games data not present")
     r = runner.invoke(app, ["data", "stats", "--data", games, "--json"])
     assert r.exit_code == 0, r.output
-    st = json.loads(r.output)
+    st = json.loads(r.stdout)
     assert (st["users"], st["items"], st["interactions"]) == (49156, 17332, 342329)
 
 
