@@ -28,25 +28,15 @@ import torch
 from recprune.errors import ConfigError, ScoringError
 from recprune.scoring.objective import SurrogateObjective
 from recprune.utils.progress import progress
+from recprune.utils.registry import Registry
 
-SOLVERS: dict[str, type[IHVPSolver]] = {}
-
-
-def register_solver(name: str):
-    def deco(cls):
-        cls.name = name
-        SOLVERS[name] = cls
-        return cls
-    return deco
+SOLVERS: Registry[IHVPSolver] = Registry("iHVP solver")
+register_solver = SOLVERS.register
 
 
 def get_solver(name: str, **options) -> IHVPSolver:
-    if name not in SOLVERS:
-        raise ConfigError(f"unknown iHVP solver {name!r}; choose one of {sorted(SOLVERS)}")
-    try:
-        return SOLVERS[name](**options)
-    except TypeError as e:
-        raise ConfigError(f"bad options for solver {name!r}: {e}") from None
+    """Instantiate a registered solver: ``get_solver("lissa", depth=5000)``."""
+    return SOLVERS.create(name, **options)
 
 
 @dataclass

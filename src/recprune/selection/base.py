@@ -14,25 +14,15 @@ from typing import ClassVar
 import numpy as np
 
 from recprune.errors import ConfigError
+from recprune.utils.registry import Registry
 
-SELECTORS: dict[str, type[Selector]] = {}
-
-
-def register_selector(name: str):
-    def deco(cls):
-        cls.name = name
-        SELECTORS[name] = cls
-        return cls
-    return deco
+SELECTORS: Registry[Selector] = Registry("selection method")
+register_selector = SELECTORS.register
 
 
 def get_selector(name: str, **options) -> Selector:
-    if name not in SELECTORS:
-        raise ConfigError(f"unknown selection method {name!r}; choose one of {sorted(SELECTORS)}")
-    try:
-        return SELECTORS[name](**options)
-    except TypeError as e:
-        raise ConfigError(f"bad options for method {name!r}: {e}") from None
+    """Instantiate a registered selector: ``get_selector("dealrec", lam=0.3)``."""
+    return SELECTORS.create(name, **options)
 
 
 @dataclass
