@@ -9,6 +9,7 @@ batches, either from explicit per-sample gradients (``vmap(grad(.))``) contracte
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -21,6 +22,8 @@ from recprune.scoring.objective import SurrogateObjective
 from recprune.surrogate.samples import SurrogateSamples
 from recprune.surrogate.sasrec import SASRec
 from recprune.utils.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,6 +67,11 @@ def influence_scores(model: SASRec, samples: SurrogateSamples, config: Influence
     t = time.perf_counter()
     x, report = solver.solve(obj, v, show_progress=show_progress)
     timings["ihvp"] = time.perf_counter() - t
+    if report.residual is not None and report.residual > 0.5:
+        log.warning("influence: the %s inverse-HVP estimate is poor (relative residual %.2f; "
+                    "1.0 is what x = 0 gives): the scores' ranking may be unreliable. Consider "
+                    "more LiSSA depth/repeats, a larger scale, or --solver cg (converged, "
+                    "deterministic).", report.solver, report.residual)
     t = time.perf_counter()
     with progress(show_progress) as prog:
         task = prog.add_task("influence: per-sample", total=len(obj.active_rows), info="")
