@@ -13,9 +13,7 @@ comparison with the reference implementation's figures measured on this kind of 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import time
 from dataclasses import asdict
 
 import torch

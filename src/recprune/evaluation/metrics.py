@@ -19,9 +19,8 @@ def topk_items(scores: torch.Tensor, k: int, exclude: Sequences | None = None,
                rows: np.ndarray | None = None) -> torch.Tensor:
     """Top-``k`` item ids per row of ``scores`` (B, n_items + 1), excluding history items.
 
-    ``exclude[rows[b]]`` are set to -inf for row ``b`` before ranking (in place). Ties are broken
-    by the lower item id (``torch.topk`` on CPU is stable for equal values in practice; we make it
-    explicit by a tiny id-dependent offset only when requested elsewhere).
+    ``exclude[rows[b]]`` are set to -inf for row ``b`` before ranking (in place). The order of
+    exactly tied scores is whatever ``torch.topk`` returns.
     """
     if exclude is not None:
         if rows is None:

@@ -85,7 +85,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -97,6 +96,7 @@ import torch
 import torch.nn.functional as F
 
 from recprune.errors import ConfigError, ScoringError
+from recprune.utils.io import save_npy, write_json
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
 
@@ -222,27 +222,6 @@ def _sha(*arrays: np.ndarray) -> str:
         h.update(str((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    _atomic_write_bytes(path, lambda fh: np.save(fh, arr, allow_pickle=False))
-
-
-def _atomic_save_json(path: Path, obj: dict) -> None:
-    _atomic_write_bytes(path, lambda fh: fh.write(json.dumps(obj, indent=1).encode()))
 
 
 def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -1023,7 +1002,7 @@ class EffortScorer:
                 raise ConfigError(f"{cache_dir} holds effort chunks but no {MANIFEST_NAME}: "
                                   "their configuration is unknown; delete them or use another "
                                   "cache_dir")
-            _atomic_save_json(mpath, want)
+            write_json(mpath, want)
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -1102,7 +1081,7 @@ class EffortScorer:
                 vals = np.sqrt(sq)
                 scores[idx] = vals
                 if cdir is not None:
-                    _atomic_save_npy(cdir / CHUNK_PATTERN.format(c), vals)
+                    save_npy(cdir / CHUNK_PATTERN.format(c), vals)
         elapsed = time.perf_counter() - t0
         self.last_run = {"n": n, "chunks_loaded": loaded, "chunks_computed": todo,
                          "seconds": elapsed, "tokens_processed": tokens_run,
