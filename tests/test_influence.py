@@ -153,5 +153,9 @@ def test_jvp_and_vmap_per_sample_scores_agree(trained):
     a = obj.per_sample_dot(h, method="vmap", batch_size=32)
     b = obj.per_sample_dot(h, method="jvp", batch_size=32)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(a).max())
+    # a permuted subset of rows keeps its order
+    rows = np.random.default_rng(0).permutation(samples.n)[:40]
+    np.testing.assert_allclose(obj.per_sample_dot(h, rows), b[rows], rtol=1e-5,
+                               atol=1e-7 * np.abs(b).max())
     with pytest.raises(ConfigError, match="per-sample method"):
         obj.per_sample_dot(h, method="loop")

@@ -155,9 +155,6 @@ class InteractionDataset:
     def n_interactions(self) -> int:
         return self.train.nnz + self.valid.nnz + self.test.nnz
 
-    def title(self, item: int) -> str | None:
-        return self.titles[item]
-
     def validate(self) -> None:
         """Check internal consistency; raise :class:`DataError` on the first problem."""
         for name, seqs in (("train", self.train), ("valid", self.valid), ("test", self.test)):
@@ -177,8 +174,3 @@ class InteractionDataset:
         """Rows of users that have at least one interaction in ``period`` ('valid' or 'test')."""
         seqs = {"valid": self.valid, "test": self.test}[period]
         return np.flatnonzero(seqs.lengths > 0)
-
-    def with_name(self, name: str) -> InteractionDataset:
-        from dataclasses import replace
-
-        return replace(self, name=name)

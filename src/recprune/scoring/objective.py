@@ -175,15 +175,17 @@ class SurrogateObjective:
             raise ConfigError(f"per-sample method must be 'jvp' or 'vmap', got {method!r}")
         rows = np.arange(self.n) if rows is None else np.asarray(rows)
         out = np.zeros(len(rows), dtype=np.float64)
-        pos = {int(r): i for i, r in enumerate(rows)} if len(rows) < self.n else None
-        lengths = self.samples.lengths.numpy()
-        active = rows[lengths[rows] > 0]
-        for b in self.batches(active, batch_size):
+        lens = self.samples.lengths.numpy()[rows]
+        # positions into ``rows`` of samples with a target, length-sorted into batches
+        order = np.flatnonzero(lens > 0)
+        order = order[np.argsort(lens[order], kind="stable")]
+        for i in range(0, len(order), batch_size):
+            pos = order[i:i + batch_size]
+            b = rows[pos]
             with torch.no_grad():
                 d = (self.per_sample_grads(b) @ h if method == "vmap"
                      else self.per_sample_jvp(h, b)).double().cpu().numpy()
-            idx = b if pos is None else np.fromiter((pos[int(r)] for r in b), dtype=np.int64)
-            out[idx] = d
+            out[pos] = d
             if on_batch is not None:
                 on_batch(len(b))
         return out
