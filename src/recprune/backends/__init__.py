@@ -1,0 +1,11 @@
+"""LLM-recommender backends (fine-tune on selected samples, rank items for evaluation).
+
+Registered by name in :data:`BACKENDS`: ``pop`` (most-popular baseline), ``bigrec``, ``tiger``.
+"""
+
+from recprune.backends.base import (BACKENDS, FitResult, Recommender, create_backend,
+                                    exclude_and_pad, history_for, load_backend)
+from recprune.backends import popularity  # noqa: F401,E402  (registers "pop")
+
+__all__ = ["BACKENDS", "FitResult", "Recommender", "create_backend", "exclude_and_pad",
+           "history_for", "load_backend"]
