@@ -218,10 +218,10 @@ def _write_outputs(run: Path, ds: InteractionDataset, table: ScoreTable, sel: Se
                                         "seed": cfg.seed, **sel.info})
     cutoff = cfg.effort.get("cutoff_len", 512)
     if cutoff is not None and tokenizer is None:
-        from recprune.llm.loading import load_causal_lm
+        from recprune.llm.loading import load_tokenizer
 
         try:
-            _, tokenizer = load_causal_lm(cfg.llm, device="cpu")
+            tokenizer = load_tokenizer(cfg.llm)
         except RecpruneError as e:
             raise RecpruneError(f"train.jsonl: cannot load the LLM tokenizer to cut prompts to "
                                 f"{cutoff} tokens ({e}); install it or set effort "
