@@ -220,3 +220,18 @@ def test_cli_evaluate_compare_and_errors(tmp_path):
     res = r.invoke(app, ["finetune", "--data", "synthetic:300", "--out", str(tmp_path / "f"),
                          "--backend", "pop", "--selection", str(sel)])
     assert res.exit_code == 2 and "empty selection" in res.output
+
+
+def test_cli_run_end_to_end_with_popularity(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--data", "synthetic:300", "--method", "random",
+                                   "--budget", "40", "--backend", "pop", "--out", str(out),
+                                   "--quiet", "--eval-users", "40"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["selection"]["n_selected"] == 40 and rep["evaluation"]["n_users"] == 40
+    assert len((out / "select" / "selected_users.txt").read_text().split()) == 40
+    assert "| ndcg@20 |" in (out / "report.md").read_text()
+    fit = json.loads((out / "finetune" / "fit.json").read_text())
+    assert sorted(fit["selected_user_ids"]) == sorted(
+        int(x) for x in (out / "select" / "selected_users.txt").read_text().split())
