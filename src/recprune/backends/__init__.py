@@ -6,6 +6,7 @@ Registered by name in :data:`BACKENDS`: ``pop`` (most-popular baseline), ``bigre
 from recprune.backends.base import (BACKENDS, FitResult, Recommender, create_backend,
                                     exclude_and_pad, history_for, load_backend)
 from recprune.backends import popularity  # noqa: F401,E402  (registers "pop")
+from recprune.backends import bigrec  # noqa: F401
 from recprune.backends import tiger  # noqa: F401
 
 __all__ = ["BACKENDS", "FitResult", "Recommender", "create_backend", "exclude_and_pad",
