@@ -1,11 +1,17 @@
-"""Selection stage: selectors registered by name (``get_selector('dealrec', lam=0.3)``)."""
+"""Selection stage: selectors registered by name (``get_selector('dealrec', lam=0.3)``).
 
-from recprune.selection import dealrec, simple  # noqa: F401  (registers the selectors)
+Registered: ``random``, ``greedy``, ``dealrec`` and its ablations ``dealrec_no_influence``,
+``dealrec_no_effort``, ``dealrec_greedy``; the baselines ``grand``, ``el2n``, ``ccs``,
+``tfdcon``, ``recranker``; and ``goracs``.
+"""
+
+from recprune.selection import (ccs, dealrec, dealrec_ablations, el2n, goracs,  # noqa: F401
+                                grand, recranker, simple, tfdcon)  # (registers the selectors)
 from recprune.selection.base import (SELECTORS, ScoreTable, Selection, Selector, check_budget,
-                                     get_selector, minmax, register_selector)
+                                     get_selector, minmax, register_selector, top_scores)
 from recprune.selection.dealrec import (DEALRec, equal_width_groups, overall_score,
                                         stratified_sample)
 
 __all__ = ["DEALRec", "SELECTORS", "ScoreTable", "Selection", "Selector", "check_budget",
            "equal_width_groups", "get_selector", "minmax", "overall_score", "register_selector",
-           "stratified_sample"]
+           "stratified_sample", "top_scores"]

@@ -91,10 +91,14 @@ class DEALRec(Selector):
     def requires(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("influence", "effort") if self.lam > 0 else ("influence",)
 
+    def overall(self, scores: ScoreTable) -> np.ndarray:
+        """The score that is grouped (Eq. 13); the ablations override it."""
+        return overall_score(scores["influence"], scores["effort"] if self.lam > 0 else None,
+                             self.lam)
+
     def select(self, scores: ScoreTable, budget: int, *, seed: int = 0) -> Selection:
         n = len(scores)
-        overall = overall_score(scores["influence"],
-                                scores["effort"] if self.lam > 0 else None, self.lam)
+        overall = self.overall(scores)
         keep = np.arange(n)
         n_pruned = int(self.hard_prune * n)
         if n_pruned:
