@@ -235,3 +235,43 @@ def test_cli_run_end_to_end_with_popularity(tmp_path):
     fit = json.loads((out / "finetune" / "fit.json").read_text())
     assert sorted(fit["selected_user_ids"]) == sorted(
         int(x) for x in (out / "select" / "selected_users.txt").read_text().split())
+
+
+class _Counting:
+    """Wraps a backend and records which users it ranked; can crash after n calls."""
+
+    name = "counting"
+
+    def __init__(self, inner, crash_after=None):
+        self.inner, self.calls, self.crash_after = inner, [], crash_after
+
+    def rank(self, ds, rows, k, period="test", progress=True):
+        if self.crash_after is not None and len(self.calls) >= self.crash_after:
+            raise KeyboardInterrupt
+        self.calls.append(np.asarray(rows).copy())
+        self.last_generations = [f"gen {r}" for r in rows]
+        return self.inner.rank(ds, rows, k, period=period, progress=False)
+
+
+def test_chunked_evaluation_resumes_after_a_crash(ds, tmp_path):
+    pop = create_backend("pop")
+    pop.fit(ds, np.arange(ds.n_users))
+    rows = eval_user_rows(ds, "test", 95, seed=0)
+    plain = evaluate_backend(pop, ds, rows=rows, progress=False)
+    crashing = _Counting(pop, crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_backend(crashing, ds, rows=rows, chunk_dir=tmp_path / "c", chunk_users=20,
+                         progress=False)
+    assert len(list((tmp_path / "c").glob("chunk_*.npz"))) == 2
+    again = _Counting(pop)
+    res = evaluate_backend(again, ds, rows=rows, chunk_dir=tmp_path / "c", chunk_users=20,
+                           progress=False)
+    # only the 3 unfinished chunks (20 + 20 + 15 users) were ranked again
+    assert [len(c) for c in again.calls] == [20, 20, 15]
+    assert np.array_equal(np.concatenate(again.calls), rows[40:])
+    assert np.array_equal(res.ranked, plain.ranked)
+    for m in plain.per_user:
+        assert np.allclose(res.per_user[m], plain.per_user[m], equal_nan=True)
+    assert res.generations == [f"gen {r}" for r in rows]
+    with pytest.raises(ConfigError):
+        evaluate_backend(pop, ds, rows=rows, chunk_dir=tmp_path / "d", chunk_users=0)

@@ -74,6 +74,7 @@ class EvalResult:
     ranked: np.ndarray | None = None
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    generations: list[str] | None = None  # generated texts (BIGRec), not saved by save()
 
     @property
     def n_users(self) -> int:
@@ -148,11 +149,19 @@ def evaluate_rankings(ranked: np.ndarray, ds: InteractionDataset, rows: np.ndarr
 def evaluate_backend(backend, ds: InteractionDataset, *, period: str = "test",
                      ks: SeqT[int] = DEFAULT_KS, rows: np.ndarray | None = None,
                      eval_users: int | None = None, seed: int = 0,
-                     progress: bool = True) -> EvalResult:
+                     progress: bool = True, chunk_dir: str | Path | None = None,
+                     chunk_users: int = 200) -> EvalResult:
     """Rank all items with ``backend`` for the evaluated users and score the rankings.
 
     ``rows`` (explicit user rows) or ``eval_users`` (a seeded subset, see
     :func:`eval_user_rows`); default: every user with ``period`` items.
+
+    With ``chunk_dir``, users are ranked in chunks of ``chunk_users`` and each finished chunk
+    (its rankings, generated texts if the backend keeps them, and its wall seconds) is written
+    atomically to ``chunk_dir/chunk_NNNNN.npz``; a later call with the same ``chunk_dir`` (the
+    caller keys it to the backend, data and users) loads finished chunks instead of ranking them
+    again, so a killed evaluation of a slow backend loses at most one chunk. ``seconds`` is
+    the sum of the chunks' ranking times.
     """
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
@@ -160,12 +169,56 @@ def evaluate_backend(backend, ds: InteractionDataset, *, period: str = "test",
     if rows is None:
         rows = eval_user_rows(ds, period, eval_users, seed)
     rows = np.asarray(rows, dtype=np.int64)
-    t0 = time.perf_counter()
-    ranked = backend.rank(ds, rows, max(ks), period=period, progress=progress)
-    seconds = time.perf_counter() - t0
+    k = max(ks)
+    if chunk_dir is None:
+        t0 = time.perf_counter()
+        ranked = backend.rank(ds, rows, k, period=period, progress=progress)
+        seconds = time.perf_counter() - t0
+        gens = getattr(backend, "last_generations", None)
+    else:
+        if chunk_users < 1:
+            raise ConfigError(f"chunk_users must be >= 1, got {chunk_users}")
+        cdir = Path(chunk_dir)
+        cdir.mkdir(parents=True, exist_ok=True)
+        parts, gen_parts, seconds = [], [], 0.0
+        starts = range(0, len(rows), chunk_users)
+        for ci, s in enumerate(starts):
+            sub = rows[s:s + chunk_users]
+            f = cdir / f"chunk_{ci:05d}.npz"
+            if f.exists():
+                try:
+                    z = np.load(f, allow_pickle=False)
+                    if np.array_equal(z["rows"], sub):
+                        parts.append(z["ranked"])
+                        gen_parts.append(list(z["generated"]) if "generated" in z else None)
+                        seconds += float(z["seconds"])
+                        continue
+                except (OSError, ValueError, KeyError):
+                    pass  # unreadable / foreign chunk: rank it again
+            if progress and len(rows) > chunk_users:
+                print(f"evaluate: chunk {ci + 1}/{len(starts)} ({len(sub)} users)", flush=True)
+            t0 = time.perf_counter()
+            part = np.asarray(backend.rank(ds, sub, k, period=period, progress=progress))
+            sec = time.perf_counter() - t0
+            g = getattr(backend, "last_generations", None)
+            g = list(g) if g is not None and len(g) == len(sub) else None
+            arrays = {"rows": sub, "ranked": part, "seconds": np.float64(sec)}
+            if g is not None:
+                arrays["generated"] = np.array(g, dtype=np.str_)
+            with atomic_path(f) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, **arrays)
+            parts.append(part)
+            gen_parts.append(g)
+            seconds += sec
+        ranked = np.concatenate(parts, axis=0) if parts else np.zeros((0, k), np.int64)
+        gens = (None if any(g is None for g in gen_parts)
+                else [str(x) for g in gen_parts for x in g])
     res = evaluate_rankings(ranked, ds, rows, period, ks)
     res.seconds = seconds
     res.info["backend"] = getattr(backend, "name", type(backend).__name__)
+    if gens is not None and len(gens) == len(rows):
+        res.generations = list(gens)
     return res
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,6 +178,7 @@ class EvaluateConfig:
     seed: int = 0
     device: str = "auto"
     trust_pickle: bool = False
+    chunk_users: int = 200
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,13 +223,16 @@ def run_evaluate(cfg: EvaluateConfig, *, dataset: InteractionDataset | None = No
             pass
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**cfg.to_dict(), "backend_config": backend.config_dict()})
-    res = evaluate_backend(backend, ds, period=cfg.period, ks=ks, rows=rows, progress=progress)
+    # finished chunks of this exact evaluation (same key) survive a crash and are reused
+    res = evaluate_backend(backend, ds, period=cfg.period, ks=ks, rows=rows, progress=progress,
+                           chunk_dir=out / "partial" / key[:16], chunk_users=cfg.chunk_users)
     res.info["key"] = key
-    gens = getattr(backend, "last_generations", None)
+    gens = res.generations
     if gens is not None and len(gens) == len(rows):
         write_jsonl(out / "generations.jsonl",
                     [{"user_id": int(u), "generated": g} for u, g in zip(res.user_ids, gens)])
     res.save(out)
+    shutil.rmtree(out / "partial", ignore_errors=True)
     return res
 
 
