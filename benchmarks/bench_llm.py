@@ -111,13 +111,13 @@ def main() -> None:
         cmp = paired_test(ev, base, "ndcg@20") if base is not None and cell != "pop" else None
         table[cell] = {"metrics": row, "vs_pop": cmp, **info[cell]}
         fit_s = info[cell]["fit_seconds"]
-        lines.append(
-            f"| {cell} | {info[cell]['n_train_users']} | "
-            f"{'-' if fit_s is None else f'{fit_s:.0f}'} | {ev.seconds:.0f} | "
-            + " | ".join(f"{row[m]['mean']:.4f} [{row[m]['ci_low']:.4f}, {row[m]['ci_high']:.4f}]"
+        fit_txt = "-" if fit_s is None else f"{fit_s:.0f}"
+        ratio = "-" if cmp is None else f"{cmp['mean_a'] / cmp['mean_b']:.2f}x"
+        pval = "-" if cmp is None else f"{cmp['p_ttest']:.2g}"
+        cis = " | ".join(f"{row[m]['mean']:.4f} [{row[m]['ci_low']:.4f}, {row[m]['ci_high']:.4f}]"
                          for m in METRICS)
-            + f" | {'-' if cmp is None else f'{cmp['mean_a'] / cmp['mean_b']:.2f}x'}"
-            + f" | {'-' if cmp is None else f'{cmp['p_ttest']:.2g}'} |")
+        lines.append(f"| {cell} | {info[cell]['n_train_users']} | {fit_txt} | {ev.seconds:.0f} | "
+                     f"{cis} | {ratio} | {pval} |")
     text = "\n".join(lines)
     print(text)
     meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),

@@ -99,6 +99,13 @@ def test_random_selection_cli(tmp_path):
     (["--lambda", "-0.5"], "lambda must be >= 0"),
     (["--data", "/nonexistent/dir"], "/nonexistent/dir"),
     (["--lora-layers", "first"], "--lora-layers"),
+    (["--method", "nosuch"], "unknown selection method 'nosuch'"),
+    (["--method", "el2n", "--lambda", "0.3"], "--lambda applies to the DEALRec methods"),
+    (["--method", "ccs", "-o", "beta"], "--option expects KEY=VALUE"),
+    (["--method", "ccs", "-o", "beta=1.5"], "beta (hard-cutoff rate) must be in [0, 1)"),
+    (["--method", "ccs", "-o", "nope=1"], "bad options for selection method 'ccs'"),
+    (["--method", "grand", "--score-option", "grand"], "--score-option expects KEY=VALUE"),
+    (["--method", "grand", "--score-option", "foo.x=1"], "--score-option expects grand.KEY="),
 ])
 def test_cli_bad_input_is_one_clear_line(tmp_path, args, msg):
     base = ["select", "--data", "synthetic:100", "--budget", "5", "--out", str(tmp_path / "x"),
@@ -140,3 +147,16 @@ def test_pool_and_budget_validation(tmp_path):
                        pool=0)
     with pytest.raises(ConfigError, match="pool"):
         run_select(cfg, dataset=ds, show_progress=False)
+
+
+@needs_llm
+def test_cli_selector_and_score_options(tmp_path):
+    out = tmp_path / "ccs"
+    r = runner.invoke(app, ["select", "--data", "synthetic:150", "--method", "ccs", "--budget", "10",
+                            "-o", "beta=0.2", "-o", "n_strata=5", "--score-option",
+                            "el2n.max_tokens=512", "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method_options"] == {"beta": 0.2, "n_strata": 5}
+    assert cfg["el2n"]["max_tokens"] == 512
+    assert len((out / "selected_users.txt").read_text().split()) == 10

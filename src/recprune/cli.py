@@ -65,10 +65,50 @@ def _load(data: str, trust_pickle: bool):
     return load_dataset(data, **({"trust_pickle": True} if trust_pickle else {}))
 
 
-class Method(str, Enum):
-    dealrec = "dealrec"
-    random = "random"
-    greedy = "greedy"
+METHOD_HELP = ("Selection method: dealrec, random, greedy, grand, el2n, ccs, tfdcon, recranker, "
+               "goracs, dealrec_no_influence, dealrec_no_effort, dealrec_greedy (any registered "
+               "selector).")
+MethodOptOpt = Annotated[Optional[list[str]], typer.Option(
+    "--option", "-o", help="Selector option KEY=VALUE (repeatable), e.g. -o n_clusters=50 "
+                           "-o hard_prune=0.1 (ccs), -o refine_iters=100 (goracs).")]
+ScoreOptOpt = Annotated[Optional[list[str]], typer.Option(
+    "--score-option", help="Score option GROUP.KEY=VALUE for the grand / el2n / embed scores "
+                           "(repeatable), e.g. --score-option grand.seeds=5 "
+                           "--score-option embed.val_size=2000.")]
+
+
+def _method_options(method: str, lam: float | None, groups: int | None,
+                    hard_prune: float | None, extra: list[str] | None,
+                    allow_all: bool = False) -> dict:
+    """Selector options from the DEALRec flags (only those given) and ``-o KEY=VALUE``."""
+    from recprune.selection import SELECTORS
+
+    if not (allow_all and method == "all") and method not in SELECTORS:
+        raise RecpruneError(f"unknown selection method {method!r}; choose one of "
+                            f"{sorted(SELECTORS)}" + (" or 'all'" if allow_all else ""))
+    opts: dict = {}
+    for flag, key, v in (("--lambda", "lam", lam), ("--groups", "n_groups", groups),
+                         ("--hard-prune", "hard_prune", hard_prune)):
+        if v is None:
+            continue
+        if method != "dealrec" and not method.startswith("dealrec_"):
+            raise RecpruneError(f"{flag} applies to the DEALRec methods, not to {method!r}; "
+                                f"use -o KEY=VALUE for its options (e.g. -o beta=0.1 for ccs)")
+        opts[key] = v
+    opts.update(_parse_sets(extra, "--option"))
+    return opts
+
+
+def _score_options(items: list[str] | None) -> dict:
+    """``--score-option grand.seeds=5`` -> ``{"grand": {"seeds": 5}}``."""
+    out: dict = {}
+    for k, v in _parse_sets(items, "--score-option").items():
+        group, _, key = k.partition(".")
+        if group not in ("grand", "el2n", "embed") or not key:
+            raise RecpruneError(f"--score-option expects grand.KEY=, el2n.KEY= or embed.KEY=, "
+                                f"got {k!r}")
+        out.setdefault(group, {})[key] = v
+    return out
 
 
 class Solver(str, Enum):
@@ -84,13 +124,18 @@ def select(
     budget: Annotated[int, typer.Option(help="Number of samples (users) to select.")] = 64,
     out: Annotated[Path, typer.Option(help="Run directory (created; reused to resume).")] = Path(
         "runs/demo"),
-    method: Annotated[Method, typer.Option(help="Selection method.")] = Method.dealrec,
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "dealrec",
     seed: int = 0,
-    lam: Annotated[float, typer.Option("--lambda", help="DEALRec effort weight (Eq. 13).")] = 0.3,
-    groups: Annotated[int, typer.Option(help="DEALRec: number of equal-width score groups K.")] = 50,
-    hard_prune: Annotated[float, typer.Option(
-        help="DEALRec: drop this fraction of top-score samples first (reference: 0.1).")] = 0.0,
-    greedy_score: Annotated[str, typer.Option(help="greedy: score to rank by.")] = "influence",
+    lam: Annotated[Optional[float], typer.Option(
+        "--lambda", help="DEALRec effort weight (Eq. 13; default 0.3).")] = None,
+    groups: Annotated[Optional[int], typer.Option(
+        help="DEALRec: number of equal-width score groups K (default 50).")] = None,
+    hard_prune: Annotated[Optional[float], typer.Option(
+        help="DEALRec: drop this fraction of top-score samples first (reference: 0.1; "
+             "default 0).")] = None,
+    greedy_score: Annotated[Optional[str], typer.Option(
+        help="greedy: score to rank by (default influence).")] = None,
+    option: MethodOptOpt = None, score_option: ScoreOptOpt = None,
     pool: Annotated[Optional[int], typer.Option(
         help="Seeded candidate pool of N training users (default: all).")] = None,
     surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
@@ -127,12 +172,12 @@ def select(
     from recprune.surrogate import SurrogateTrainConfig
 
     _setup_logging(quiet)
-    m = method.value
-    method_options: dict = {}
-    if m == "dealrec":
-        method_options = {"lam": lam, "n_groups": groups, "hard_prune": hard_prune}
-    elif m == "greedy":
-        method_options = {"score": greedy_score}
+    m = method
+    method_options = _method_options(m, lam, groups, hard_prune, option)
+    if greedy_score is not None:
+        if m != "greedy":
+            raise RecpruneError("--greedy-score applies to --method greedy")
+        method_options["score"] = greedy_score
     if solver == Solver.lissa:
         sopts = {"depth": lissa_depth, "damping": lissa_damping, "scale": lissa_scale,
                  "repeats": lissa_repeats, "batch_size": lissa_batch}
@@ -154,7 +199,7 @@ def select(
         influence=InfluenceConfig(params=influence_params, solver=solver.value,
                                   solver_options=sopts, seed=seed),
         effort={"lora_layers": layers, "prefix": prefix, "seed": seed},
-        llm=llm, device=device)
+        llm=llm, device=device, **_score_options(score_option))
     res = run_select(cfg, show_progress=not quiet)
     t = Table(title=f"recprune select: {m}, budget {budget}")
     t.add_column("stage")
@@ -184,11 +229,11 @@ EvalUsersOpt = Annotated[Optional[int], typer.Option(
     help="Evaluate a fixed seeded subset of N users (default: all with ground truth).")]
 
 
-def _parse_sets(sets: list[str] | None) -> dict:
+def _parse_sets(sets: list[str] | None, flag: str = "--set") -> dict:
     out: dict = {}
     for s in sets or []:
         if "=" not in s:
-            raise RecpruneError(f"--set expects KEY=VALUE, got {s!r}")
+            raise RecpruneError(f"{flag} expects KEY=VALUE, got {s!r}")
         k, v = s.split("=", 1)
         try:
             out[k.strip()] = json.loads(v)
@@ -329,30 +374,27 @@ def compare(
     Console(width=160).print(t)
 
 
-class RunMethod(str, Enum):
-    dealrec = "dealrec"
-    random = "random"
-    greedy = "greedy"
-    all = "all"
-
-
 @app.command()
 @_friendly
 def run(
     data: DataOpt = "synthetic:1000",
     out: Annotated[Path, typer.Option(help="Run directory (select/, finetune/, eval/, report).")
                    ] = Path("runs/run"),
-    method: Annotated[RunMethod, typer.Option(
-        help="Selection method ('all': no selection, full-data fine-tuning).")] = RunMethod.dealrec,
+    method: Annotated[str, typer.Option(
+        help=METHOD_HELP + " 'all': no selection, full-data fine-tuning.")] = "dealrec",
     budget: Annotated[int, typer.Option(help="Number of samples (users) to select.")] = 64,
     backend: BackendOpt = "tiger",
     pool: Annotated[Optional[int], typer.Option(
         help="Seeded candidate pool of N training users (default: all).")] = None,
     surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
-    lam: Annotated[float, typer.Option("--lambda", help="DEALRec effort weight (Eq. 13).")] = 0.3,
-    groups: Annotated[int, typer.Option(help="DEALRec: number of score groups K.")] = 50,
-    hard_prune: Annotated[float, typer.Option(help="DEALRec: drop this top fraction first.")] = 0.0,
+    lam: Annotated[Optional[float], typer.Option(
+        "--lambda", help="DEALRec effort weight (Eq. 13; default 0.3).")] = None,
+    groups: Annotated[Optional[int], typer.Option(
+        help="DEALRec: number of score groups K (default 50).")] = None,
+    hard_prune: Annotated[Optional[float], typer.Option(
+        help="DEALRec: drop this top fraction first.")] = None,
+    option: MethodOptOpt = None, score_option: ScoreOptOpt = None,
     lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
     epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None, llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
@@ -364,8 +406,8 @@ def run(
     from recprune.pipeline import RunConfig, SelectConfig, run_end_to_end
 
     _setup_logging(quiet)
-    m = method.value
-    mopts = {"lam": lam, "n_groups": groups, "hard_prune": hard_prune} if m == "dealrec" else {}
+    m = method
+    mopts = _method_options(m, lam, groups, hard_prune, option, allow_all=True)
     layers: str | tuple[int, ...] = lora_layers
     if lora_layers not in ("all", "last"):
         try:
@@ -377,7 +419,7 @@ def run(
                         method_options=mopts, seed=seed, trust_pickle=trust_pickle, pool=pool,
                         surrogate_checkpoint=str(surrogate_checkpoint) if surrogate_checkpoint
                         else None, effort={"lora_layers": layers, "seed": seed},
-                        llm=llm if backend == "bigrec" else llm, device=device)
+                        llm=llm, device=device, **_score_options(score_option))
     cfg = RunConfig(select=scfg, backend=backend,
                     backend_options=_backend_opts(backend, set_, epochs, lr, batch_size, llm,
                                                   device),
