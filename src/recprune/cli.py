@@ -431,6 +431,106 @@ def run(
     console.print(f"report -> {out}/report.md")
 
 
+def _dotted(items: list[str] | None, flag: str) -> dict:
+    """``NAME.KEY=VALUE`` items -> ``{NAME: {KEY: VALUE}}``."""
+    out: dict = {}
+    for k, v in _parse_sets(items, flag).items():
+        name, _, key = k.partition(".")
+        if not name or not key:
+            raise RecpruneError(f"{flag} expects NAME.KEY=VALUE, got {k!r}")
+        out.setdefault(name, {})[key] = v
+    return out
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    out: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            v = float(part[:-1]) / 100 if part.endswith("%") else float(part)
+        except ValueError:
+            raise RecpruneError(f"--budget takes counts (1024) or fractions of the pool (0.02 or "
+                                f"2%), comma-separated; got {part!r}") from None
+        out.append(int(v) if v >= 1 and float(v).is_integer() else v)
+    return tuple(out)
+
+
+@app.command()
+@_friendly
+def benchmark(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Run directory (reused to resume the grid).")],
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated selection methods; aliases: 'paper' (random, grand, el2n, ccs, "
+             "tfdcon, recranker, dealrec), 'ablations' (dealrec_no_influence, "
+             "dealrec_no_effort, dealrec_greedy), 'everything'; 'all' = full-data "
+             "fine-tuning.")] = "random,dealrec",
+    backends: Annotated[str, typer.Option(
+        help="Comma-separated backends (tiger, bigrec).")] = "tiger",
+    budget: Annotated[str, typer.Option(
+        help="Budget(s): counts or fractions of the pool (0.02 or 2%); several = a "
+             "selection-ratio sweep, e.g. 0.2%,0.5%,1%,2%,4%.")] = "1024",
+    seeds: Annotated[int, typer.Option(help="Seeds per method (selection + fine-tuning).")] = 3,
+    full_seeds: Annotated[int, typer.Option(help="Seeds of the full-data cells.")] = 1,
+    pool: Annotated[Optional[int], typer.Option(
+        help="Seeded candidate pool of N training users (default: all).")] = None,
+    pool_seed: Annotated[int, typer.Option(help="Seed of the pool draw.")] = 0,
+    eval_users: EvalUsersOpt = None,
+    eval_seed: Annotated[int, typer.Option(help="Seed of the evaluated-user subset.")] = 0,
+    ks: KsOpt = "10,20,50",
+    metric: Annotated[str, typer.Option(help="Main metric (plots, tests).")] = "ndcg@20",
+    baseline: Annotated[str, typer.Option(help="Method the others are tested against.")
+                        ] = "random",
+    popularity: Annotated[bool, typer.Option(help="Also evaluate most-popular.")] = True,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Backend option BACKEND.KEY=VALUE (repeatable), e.g. --set tiger.epochs=30"
+    )] = None,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "--option", "-o", help="Selector option METHOD.KEY=VALUE (repeatable), e.g. "
+                               "-o dealrec.lam=0.5 -o ccs.beta=0.2.")] = None,
+    score_option: ScoreOptOpt = None,
+    surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
+    lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
+    llm: LlmOpt = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    trust_pickle: TrustOpt = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Every (budget, method, seed, backend): select -> fine-tune -> evaluate, resumably; then
+    a Table-2 style table, paired tests against Random, stage times and plots in OUT."""
+    from recprune.pipeline.benchmark import BenchmarkConfig, run_benchmark
+
+    _setup_logging(quiet)
+    layers: str | tuple[int, ...] = lora_layers
+    if lora_layers not in ("all", "last"):
+        try:
+            layers = tuple(int(x) for x in lora_layers.split(","))
+        except ValueError:
+            raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices, "
+                                f"got {lora_layers!r}") from None
+    bopts = _dotted(set_, "--set")
+    if llm is not None:
+        bopts.setdefault("bigrec", {})["model"] = llm
+    sopts: dict = {"effort": {"lora_layers": layers}, "device": device,
+                   **_score_options(score_option)}
+    if llm is not None:
+        sopts["llm"] = llm
+    if surrogate_checkpoint is not None:
+        sopts["surrogate_checkpoint"] = str(surrogate_checkpoint)
+    cfg = BenchmarkConfig(
+        data=data, out=str(out), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
+        budgets=_budgets(budget), seeds=seeds, full_seeds=full_seeds, pool=pool,
+        pool_seed=pool_seed, eval_users=eval_users, eval_seed=eval_seed, ks=_parse_ks(ks),
+        metric=metric, baseline=baseline, popularity=popularity,
+        method_options=_dotted(option, "--option"), backend_options=bopts, select_options=sopts,
+        device=device, trust_pickle=trust_pickle)
+    res = run_benchmark(cfg, progress=not quiet)
+    print((out / "table.md").read_text())
+    console.print(f"{len(res.cells)} cells; report -> {out}/report.md")
+
+
 @data_app.command("stats")
 @_friendly
 def data_stats(data: DataOpt = "synthetic", trust_pickle: TrustOpt = False,

@@ -65,6 +65,9 @@ class SelectConfig:
     seed: int = 0
     trust_pickle: bool = False
     pool: int | None = None  # draw a seeded candidate pool of this many training users
+    pool_seed: int | None = None  # seed of the pool draw (None: ``seed``)
+    cache_dir: str | None = None  # where surrogate.pt and scores/ live (None: ``out``); runs
+    #                               that share it reuse each other's surrogate and scores
     surrogate: SurrogateTrainConfig = field(default_factory=SurrogateTrainConfig)
     surrogate_checkpoint: str | None = None  # reuse a trained surrogate instead of training
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
@@ -76,7 +79,8 @@ class SelectConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)  # text/LLM representations, GORACS
 
     def __post_init__(self) -> None:  # accept plain dicts (JSON configs) for the nested options
-        for name, cls in (("grand", GrandConfig), ("el2n", EL2NConfig), ("embed", EmbedConfig)):
+        for name, cls in (("grand", GrandConfig), ("el2n", EL2NConfig), ("embed", EmbedConfig),
+                          ("surrogate", SurrogateTrainConfig), ("influence", InfluenceConfig)):
             v = getattr(self, name)
             if isinstance(v, dict):
                 try:
@@ -463,14 +467,16 @@ def run_select(cfg: SelectConfig, *, dataset: InteractionDataset | None = None,
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
     timings["load_data"] = time.perf_counter() - t
-    rows = _pool_rows(ds, cfg.pool, cfg.seed)
+    rows = _pool_rows(ds, cfg.pool, cfg.seed if cfg.pool_seed is None else cfg.pool_seed)
     check_budget(cfg.budget, len(rows))
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", cfg.to_dict())
     table = ScoreTable(rows=rows)
-    ctx = _Context(cfg, ds, run, rows, show_progress, timings)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else run
+    cache.mkdir(parents=True, exist_ok=True)
+    ctx = _Context(cfg, ds, cache, rows, show_progress, timings)
     for name in SCORES:  # registry order: influence before effort, as before
         if name not in need:
             continue

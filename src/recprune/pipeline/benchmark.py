@@ -1,0 +1,574 @@
+"""``recprune benchmark``: the DEALRec Table-2 protocol as one resumable grid.
+
+For every budget, selection method and seed, the selection is made on a fixed candidate pool
+(all training users, or a seeded ``pool`` of them) and every backend is fine-tuned on it and
+evaluated on a fixed set of test users (all, or a seeded ``eval_users`` subset). Run directory::
+
+    OUT/config.json                 the benchmark configuration
+    OUT/cache/                      surrogate.pt and scores/: computed once, shared by all cells
+    OUT/cells/b<budget>/<method>/s<seed>/select/            the selection (recprune select)
+    OUT/cells/b<budget>/<method>/s<seed>/<backend>/finetune/  fine-tuned model
+    OUT/cells/b<budget>/<method>/s<seed>/<backend>/eval/      metrics, per-user values
+    OUT/cells/full/s<seed>/...      method "all": full-data fine-tuning (no selection)
+    OUT/cells/pop/eval/             most-popular baseline (with ``popularity``)
+    OUT/cells.csv                   one row per finished cell: metrics, wall seconds per stage
+    OUT/table.md, table.csv         mean +- std over seeds per method x backend (best in bold)
+    OUT/significance.csv            paired tests of every method against the baseline (Random)
+    OUT/coverage.csv                what each selection covers (lengths, item popularity)
+    OUT/*.png, OUT/report.md        plots and the report that shows them
+
+Every stage reuses a finished result with the same configuration (select: ``select/done.json``;
+fine-tune / evaluate: their own keys), so running the same command again continues an
+interrupted grid and never recomputes a finished cell; a long fine-tuning or evaluation resumes
+from its own checkpoints. Selections, models and evaluations depend only on their cell's
+configuration, so cells may be added (methods, seeds, budgets) to an existing run directory.
+
+The significance test pairs users: each method's per-user metric is averaged over its seeds
+and compared with the baseline's per-user average on the same test users (paired t-test and
+Wilcoxon signed-rank, see :func:`recprune.evaluation.paired_test`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recprune.backends import BACKENDS, create_backend
+from recprune.data import load_dataset
+from recprune.data.dataset import InteractionDataset
+from recprune.errors import ConfigError, RecpruneError
+from recprune.evaluation import EvalResult, eval_user_rows, paired_test
+from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_options, run_evaluate,
+                                   run_finetune)
+from recprune.pipeline.select import SelectConfig, _hash, _pool_rows, run_select
+from recprune.selection import SELECTORS, get_selector
+from recprune.utils.io import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+FULL = "all"  # the full-data "method": fine-tune on the whole pool
+PAPER_METHODS = ("random", "grand", "el2n", "ccs", "tfdcon", "recranker", "dealrec")
+ABLATIONS = ("dealrec_no_influence", "dealrec_no_effort", "dealrec_greedy")
+ALIASES = {"paper": PAPER_METHODS, "ablations": ABLATIONS,
+           "everything": PAPER_METHODS + ("goracs",) + ABLATIONS + (FULL,)}
+SHARED_STAGES_IGNORED = ("load_data", "select", "write")
+
+
+def expand_methods(names) -> tuple[str, ...]:
+    """Method names with the aliases ``paper``, ``ablations`` and ``everything`` expanded."""
+    out: list[str] = []
+    for n in names:
+        for m in ALIASES.get(n, (n,)):
+            if m not in out:
+                out.append(m)
+    return tuple(out)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything ``recprune benchmark`` needs.
+
+    budgets: numbers of samples (an integer >= 1) or fractions of the pool (a float < 1,
+        e.g. 0.02 = 2%); several budgets make a selection-ratio sweep.
+    seeds: number of seeds (0 .. seeds-1); each seed is a separate selection and fine-tuning.
+    full_seeds: seeds of the full-data cells (method ``"all"``), which are expensive.
+    pool / pool_seed: a seeded candidate pool of ``pool`` training users (default: all), the same
+        for every method and seed, so scores are computed once.
+    eval_users / eval_seed: the fixed seeded subset of test users every cell is evaluated on.
+    method_options: ``{method: {option: value}}``; backend_options: ``{backend: {...}}``.
+    select_options: extra :class:`SelectConfig` fields shared by every selection (e.g.
+        ``surrogate_checkpoint``, ``effort``, ``llm``, ``grand``, ``el2n``, ``embed``).
+    metric: the main metric (plots, significance); baseline: the method tested against.
+    popularity: also evaluate the most-popular baseline (over the pool's training items).
+    """
+
+    data: str
+    out: str
+    methods: tuple[str, ...] = ("random", "dealrec")
+    backends: tuple[str, ...] = ("tiger",)
+    budgets: tuple[float, ...] = (1024,)
+    seeds: int = 3
+    full_seeds: int = 1
+    pool: int | None = None
+    pool_seed: int = 0
+    eval_users: int | None = None
+    eval_seed: int = 0
+    period: str = "test"
+    ks: tuple[int, ...] = (10, 20, 50)
+    table_metrics: tuple[str, ...] = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+    metric: str = "ndcg@20"
+    baseline: str = "random"
+    popularity: bool = True
+    method_options: dict = field(default_factory=dict)
+    backend_options: dict = field(default_factory=dict)
+    select_options: dict = field(default_factory=dict)
+    device: str = "auto"
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        self.methods = expand_methods(self.methods)
+        self.backends = tuple(self.backends)
+        self.budgets = tuple(self.budgets)
+        self.ks = tuple(int(k) for k in self.ks)
+        self.table_metrics = tuple(self.table_metrics)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self, n_users: int | None = None) -> None:
+        """Check everything cheap before any work (unknown names, bad options, budgets)."""
+        if not self.methods:
+            raise ConfigError("give at least one selection method")
+        if not self.backends:
+            raise ConfigError("give at least one backend")
+        for m in self.methods:
+            if m != FULL and m not in SELECTORS:
+                raise ConfigError(f"unknown selection method {m!r}; choose from "
+                                  f"{sorted(SELECTORS)}, '{FULL}' (full data) or an alias "
+                                  f"{sorted(ALIASES)}")
+        for m, opts in self.method_options.items():
+            if m not in self.methods:
+                raise ConfigError(f"options given for method {m!r}, which is not benchmarked")
+            get_selector(m, **opts)  # raises a clear ConfigError for bad options
+        for m in self.methods:
+            if m != FULL and m not in self.method_options:
+                get_selector(m)
+        for b in self.backends:
+            if b not in BACKENDS:
+                create_backend(b)  # the registry's clear error
+        for b, opts in self.backend_options.items():
+            if b not in self.backends:
+                raise ConfigError(f"options given for backend {b!r}, which is not benchmarked")
+            create_backend(b, **_backend_options(b, opts, 0))
+        if self.seeds < 1 or self.full_seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got seeds={self.seeds}, "
+                              f"full_seeds={self.full_seeds}")
+        if not self.budgets and any(m != FULL for m in self.methods):
+            raise ConfigError("give at least one budget")
+        if self.period not in ("valid", "test"):
+            raise ConfigError(f"period must be 'valid' or 'test', got {self.period!r}")
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"K values must be positive, got {self.ks}")
+        known = {f"{m}@{k}" for m in ("recall", "ndcg") for k in self.ks}
+        for m in (*self.table_metrics, self.metric):
+            if m not in known:
+                raise ConfigError(f"metric {m!r} is not computed; with ks={list(self.ks)} "
+                                  f"choose from {sorted(known)}")
+        try:
+            SelectConfig(data=self.data, budget=1, out=self.out, **self.select_options)
+        except TypeError as e:
+            raise ConfigError(f"bad select options: {e}") from None
+        bad = {"data", "budget", "out", "method", "method_options", "seed", "pool", "pool_seed",
+               "cache_dir", "trust_pickle"} & set(self.select_options)
+        if bad:
+            raise ConfigError(f"select options {sorted(bad)} are set by the benchmark itself")
+        if n_users is not None:
+            pool = n_users if self.pool is None else self.pool
+            if self.pool is not None and not 1 <= self.pool <= n_users:
+                raise ConfigError(f"pool must be in 1..{n_users}, got {self.pool}")
+            for b in self.budgets:
+                resolve_budget(b, pool)
+
+
+def resolve_budget(budget: float, pool: int) -> int:
+    """An integer budget as is; a fraction in (0, 1) of the pool, rounded (at least 1)."""
+    if isinstance(budget, float) and not float(budget).is_integer():
+        if not 0 < budget < 1:
+            raise ConfigError(f"a fractional budget must be in (0, 1), got {budget}")
+        n = max(1, int(round(budget * pool)))
+    else:
+        n = int(budget)
+    if not 1 <= n <= pool:
+        raise ConfigError(f"budget {budget} gives {n} samples; it must be in 1..{pool} (the "
+                          f"candidate pool)")
+    return n
+
+
+@dataclass
+class Cell:
+    budget: int | None  # None: full data
+    method: str
+    seed: int
+
+    @property
+    def path(self) -> Path:
+        if self.method == FULL:
+            return Path("cells") / "full" / f"s{self.seed}"
+        return Path("cells") / f"b{self.budget}" / self.method / f"s{self.seed}"
+
+
+@dataclass
+class BenchmarkResult:
+    out: Path
+    cells: pd.DataFrame
+    table: pd.DataFrame
+    significance: pd.DataFrame
+    evals: dict = field(default_factory=dict)  # (budget, method, seed, backend) -> EvalResult
+
+
+def _grid(cfg: BenchmarkConfig, budgets: list[int]) -> list[Cell]:
+    cells = []
+    for b in budgets:
+        for m in cfg.methods:
+            if m == FULL:
+                continue
+            cells += [Cell(b, m, s) for s in range(cfg.seeds)]
+    if FULL in cfg.methods:
+        cells += [Cell(None, FULL, s) for s in range(cfg.full_seeds)]
+    return cells
+
+
+def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: Path,
+                 pool_rows: np.ndarray, progress: bool) -> tuple[np.ndarray, dict]:
+    """The cell's selected rows and selection timings (reused when already done)."""
+    if cell.method == FULL:
+        return pool_rows, {}
+    d = out / cell.path / "select"
+    scfg = SelectConfig(data=cfg.data, budget=cell.budget, out=str(d), method=cell.method,
+                        method_options=dict(cfg.method_options.get(cell.method, {})),
+                        seed=cell.seed, trust_pickle=cfg.trust_pickle, pool=cfg.pool,
+                        pool_seed=cfg.pool_seed, cache_dir=str(out / "cache"),
+                        **cfg.select_options)
+    key = _hash(scfg.to_dict())
+    done = d / "done.json"
+    if done.exists():
+        try:
+            meta = json.loads(done.read_text())
+            if meta.get("key") == key:
+                return np.asarray(meta["rows"], dtype=np.int64), meta["timings"]
+        except (json.JSONDecodeError, KeyError):
+            pass
+    res = run_select(scfg, dataset=ds, show_progress=progress)
+    rows = np.sort(np.asarray(res.selection.rows, dtype=np.int64))
+    timings = {k: float(v) for k, v in res.timings.items()}
+    write_json(done, {"key": key, "rows": rows.tolist(), "timings": timings})
+    return rows, timings
+
+
+def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = None,
+                  progress: bool = True) -> BenchmarkResult:
+    """Run (or continue) the whole grid and write the tables, plots and report."""
+    cfg.validate()
+    ds = dataset if dataset is not None else load_dataset(
+        cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
+    cfg.validate(ds.n_users)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.to_dict())
+    pool_rows = _pool_rows(ds, cfg.pool, cfg.pool_seed)
+    budgets = sorted({resolve_budget(b, len(pool_rows)) for b in cfg.budgets})
+    eval_rows = eval_user_rows(ds, cfg.period, cfg.eval_users, cfg.eval_seed)
+    ecommon = dict(data=cfg.data, period=cfg.period, ks=cfg.ks, eval_users=cfg.eval_users,
+                   seed=cfg.eval_seed, device=cfg.device, trust_pickle=cfg.trust_pickle)
+
+    records: list[dict] = []
+    evals: dict = {}
+    if cfg.popularity:
+        pop = create_backend("pop")
+        pop.fit(ds, pool_rows)
+        ev = run_evaluate(EvaluateConfig(out=str(out / "cells" / "pop" / "eval"), **ecommon),
+                          dataset=ds, backend=pop, progress=False)
+        evals[(None, "most-popular", 0, "pop")] = ev
+        records.append(_record(None, "most-popular", 0, "pop", len(pool_rows), {}, None, ev))
+
+    cells = _grid(cfg, budgets)
+    n_total = len(cells) * len(cfg.backends)
+    k = 0
+    for cell in cells:
+        t0 = time.perf_counter()
+        rows, sel_timings = _select_cell(cfg, cell, ds, out, pool_rows, progress)
+        for backend in cfg.backends:
+            k += 1
+            base = out / cell.path / backend
+            opts = dict(cfg.backend_options.get(backend, {}))
+            if cfg.device != "auto" and backend != "pop":
+                opts.setdefault("device", cfg.device)
+            ft = run_finetune(FinetuneConfig(data=cfg.data, out=str(base / "finetune"),
+                                             backend=backend, backend_options=opts,
+                                             seed=cell.seed, trust_pickle=cfg.trust_pickle),
+                              dataset=ds, rows=rows, progress=progress)
+            ev = run_evaluate(EvaluateConfig(out=str(base / "eval"), model=str(base / "finetune"),
+                                             **ecommon), dataset=ds, backend=ft.backend,
+                              progress=progress)
+            if not np.array_equal(ev.rows, eval_rows):
+                raise RecpruneError(f"{base / 'eval'} evaluated other users than this benchmark")
+            evals[(cell.budget, cell.method, cell.seed, backend)] = ev
+            records.append(_record(cell.budget, cell.method, cell.seed, backend, len(rows),
+                                   sel_timings, ft, ev))
+            m = ev.summary()[cfg.metric]["mean"]
+            msg = (f"[{k}/{n_total}] {cell.method} budget {cell.budget or 'all'} seed "
+                   f"{cell.seed} -> {backend}: {cfg.metric} {m:.4f} (fine-tune "
+                   f"{ft.fit.seconds:.0f} s{' reused' if ft.reused else ''}, eval "
+                   f"{ev.seconds:.0f} s; cell {time.perf_counter() - t0:.0f} s)")
+            log.info(msg)
+            if progress:
+                print(msg, flush=True)
+    return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets)
+
+
+def _record(budget, method, seed, backend, n_train, sel_timings, ft, ev: EvalResult) -> dict:
+    s = ev.summary()
+    rec = {"budget": budget if budget is not None else "", "method": method, "seed": seed,
+           "backend": backend, "n_train_users": int(n_train),
+           "select_s": round(sum(v for k, v in sel_timings.items()
+                                 if k not in ("load_data", "write")), 3),
+           "select_only_s": round(sel_timings.get("select", 0.0), 3),
+           "finetune_s": round(ft.fit.seconds, 3) if ft is not None else 0.0,
+           "epochs": len(ft.fit.history) if ft is not None else 0,
+           "best_epoch": ft.fit.best_epoch if ft is not None else None,
+           "eval_s": round(ev.seconds, 3), "eval_users": ev.n_users}
+    rec["shared_stages"] = json.dumps({k: round(v, 1) for k, v in sel_timings.items()
+                                       if k not in SHARED_STAGES_IGNORED})
+    for m, v in s.items():
+        rec[m] = v["mean"]
+    return rec
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _seed_mean(evals: list[EvalResult]) -> EvalResult:
+    """Per-user metric averaged over seeds (all evaluated on the same users)."""
+    first = evals[0]
+    per_user = {m: np.mean([e.per_user[m] for e in evals], axis=0) for m in first.per_user}
+    return EvalResult(period=first.period, ks=first.ks, rows=first.rows,
+                      user_ids=first.user_ids, per_user=per_user)
+
+
+def aggregate(cells: pd.DataFrame, metrics) -> pd.DataFrame:
+    """Mean and std over seeds of each metric and stage time per (budget, method, backend)."""
+    cols = [*metrics, "finetune_s", "eval_s", "select_only_s"]
+    g = cells.groupby(["budget", "method", "backend"], sort=False)
+    agg = g[cols].agg(["mean", "std"])
+    agg.columns = [f"{a}_{b}" for a, b in agg.columns]
+    agg["seeds"] = g.size()
+    agg["n_train_users"] = g["n_train_users"].first()
+    return agg.reset_index()
+
+
+def significance(cfg: BenchmarkConfig, evals: dict) -> pd.DataFrame:
+    rows = []
+    groups: dict = {}
+    for (budget, method, seed, backend), ev in evals.items():
+        groups.setdefault((budget, method, backend), []).append(ev)
+    for (budget, method, backend), evs in groups.items():
+        if method == cfg.baseline:
+            continue
+        base = groups.get((budget, cfg.baseline, backend))
+        if base is None:  # full data / most-popular: against every budget's baseline
+            base_keys = [k for k in groups if k[1] == cfg.baseline and k[2] == backend]
+            if method == "most-popular":
+                base_keys = [k for k in groups if k[1] == cfg.baseline]
+        else:
+            base_keys = [(budget, cfg.baseline, backend)]
+        a = _seed_mean(evs)
+        for bk in base_keys:
+            b = _seed_mean(groups[bk])
+            for metric in cfg.table_metrics:
+                t = paired_test(a, b, metric)
+                rows.append({"budget": bk[0], "method": method, "backend": backend,
+                             "baseline_backend": bk[2], "metric": metric,
+                             "mean": t["mean_a"], "baseline_mean": t["mean_b"],
+                             "rel_improvement": t["rel_improvement"], "p_ttest": t["p_ttest"],
+                             "p_wilcoxon": t["p_wilcoxon"], "n_users": t["n_users"]})
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, std: float) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if np.isfinite(std) else "")
+
+
+def markdown_table(cfg: BenchmarkConfig, agg: pd.DataFrame, sig: pd.DataFrame,
+                   budget) -> str:
+    """Table-2 layout for one budget: methods x (backend, metric), mean ± std over seeds; the
+    best selection method per column in bold; * = paired p < 0.05 against the baseline."""
+    metrics = cfg.table_metrics
+    sub = agg[(agg["budget"] == budget) | (agg["budget"] == "")]
+    backends = [b for b in cfg.backends]
+    order = [m for m in cfg.methods if m != FULL] + ([FULL] if FULL in cfg.methods else [])
+    if cfg.popularity:
+        order = order + ["most-popular"]
+    head = "| method | " + " | ".join(f"{b} {m}" for b in backends for m in metrics) + " |"
+    lines = [head, "|---|" + "---:|" * (len(backends) * len(metrics))]
+    best = {}
+    for b in backends:
+        few = sub[(sub["backend"] == b) & ~sub["method"].isin([FULL, "most-popular"])]
+        for m in metrics:
+            best[(b, m)] = few[f"{m}_mean"].max() if len(few) else None
+    for meth in order:
+        cells = []
+        for b in backends:
+            bb = "pop" if meth == "most-popular" else b
+            r = sub[(sub["method"] == meth) & (sub["backend"] == bb)]
+            for m in metrics:
+                if not len(r):
+                    cells.append("-")
+                    continue
+                mean, std = float(r[f"{m}_mean"].iloc[0]), float(r[f"{m}_std"].iloc[0])
+                txt = _fmt(mean, std)
+                if meth not in (FULL, "most-popular") and best[(b, m)] is not None \
+                        and np.isclose(mean, best[(b, m)]):
+                    txt = f"**{txt}**"
+                if len(sig):
+                    s = sig[(sig["method"] == meth) & (sig["backend"] == bb)
+                            & (sig["metric"] == m) & (sig["baseline_backend"] == b)
+                            & (sig["budget"] == budget)]
+                    if len(s) and s["p_ttest"].iloc[0] < 0.05:
+                        txt += "*"
+                cells.append(txt)
+        label = {FULL: "all (full data)", "most-popular": "most popular"}.get(meth, meth)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
+                   selections: dict[str, np.ndarray]) -> pd.DataFrame:
+    """How each selection covers the pool: sequence lengths, item popularity, distinct items."""
+    pop = np.bincount(ds.train.items, minlength=ds.n_items + 1).astype(np.float64)
+
+    def stats(name, rows):
+        lens = ds.train.lengths[rows]
+        items = ds.train.subset(np.asarray(rows, dtype=np.int64)).items
+        return {"selection": name, "users": int(len(rows)), "mean_length": float(lens.mean()),
+                "median_length": float(np.median(lens)),
+                "mean_log10_item_pop": float(np.log10(pop[items]).mean()) if len(items) else 0.0,
+                "distinct_items": int(len(np.unique(items))),
+                "distinct_items_share_of_pool": 0.0}
+
+    out = [stats("pool (full data)", pool_rows)]
+    out += [stats(k, v) for k, v in selections.items()]
+    df = pd.DataFrame(out)
+    df["distinct_items_share_of_pool"] = df["distinct_items"] / max(1, out[0]["distinct_items"])
+    return df
+
+
+def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, records: list[dict],
+                  evals: dict, pool_rows: np.ndarray, budgets: list[int]) -> BenchmarkResult:
+    from recprune.evaluation import plots
+
+    cells = pd.DataFrame(records)
+    with atomic_path(out / "cells.csv") as tmp:
+        cells.to_csv(tmp, index=False)
+    agg = aggregate(cells, cfg.table_metrics)
+    with atomic_path(out / "table.csv") as tmp:
+        agg.to_csv(tmp, index=False)
+    sig = significance(cfg, evals)
+    with atomic_path(out / "significance.csv") as tmp:
+        sig.to_csv(tmp, index=False)
+    # selections of seed 0 at the first budget, for the coverage and score plots
+    sels = {}
+    for m in cfg.methods:
+        if m == FULL:
+            continue
+        done = out / Cell(budgets[0], m, 0).path / "select" / "done.json"
+        if done.exists():
+            sels[m] = np.asarray(json.loads(done.read_text())["rows"], dtype=np.int64)
+    cov = coverage_stats(ds, pool_rows, sels)
+    with atomic_path(out / "coverage.csv") as tmp:
+        cov.to_csv(tmp, index=False)
+    pngs = {}
+    pngs["metric_by_method.png"] = plots.metric_by_method(
+        agg, cfg.metric, out / "metric_by_method.png", budgets[0] if budgets else "")
+    pngs["coverage.png"] = plots.coverage(ds, pool_rows, sels, out / "coverage.png")
+    scores = _pool_scores(out, budgets[0] if budgets else None, cfg.methods)
+    if scores is not None and len(scores.columns) > 2:
+        pngs["score_distributions.png"] = plots.score_distributions(
+            scores, sels, out / "score_distributions.png")
+    if len(budgets) > 1:
+        pngs["sweep.png"] = plots.sweep(agg, cfg.metric, len(pool_rows), out / "sweep.png")
+    report = _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs)
+    write_text(out / "report.md", report)
+    for b in budgets:
+        write_text(out / f"table_b{b}.md", markdown_table(cfg, agg, sig, b) + "\n")
+    if budgets:
+        write_text(out / "table.md", markdown_table(cfg, agg, sig, budgets[0]) + "\n")
+    return BenchmarkResult(out=out, cells=cells, table=agg, significance=sig, evals=evals)
+
+
+def _pool_scores(out: Path, budget, methods) -> pd.DataFrame | None:
+    """Every score column computed for the pool (merged over the cells' scores.csv)."""
+    merged = None
+    for m in methods:
+        if m == FULL or budget is None:
+            continue
+        f = out / Cell(budget, m, 0).path / "select" / "scores.csv"
+        if not f.exists():
+            continue
+        df = pd.read_csv(f)
+        keep = ["row"] + [c for c in df.columns if c not in
+                          ("user_id", "row", "selected", "group", "n_train")
+                          and pd.api.types.is_numeric_dtype(df[c])]
+        df = df[keep]
+        if merged is None:
+            merged = df
+        else:
+            new = [c for c in df.columns if c not in merged.columns]
+            if new:
+                merged = merged.merge(df[["row", *new]], on="row", how="outer")
+    return merged
+
+
+def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs) -> str:
+    lines = [f"# recprune benchmark on {ds.name}", "",
+             f"Pool: {len(pool_rows)} training users"
+             + ("" if cfg.pool is None else f" (seeded draw, pool seed {cfg.pool_seed})")
+             + f"; budgets {budgets} ("
+             + ", ".join(f"{100 * b / len(pool_rows):.2f}%" for b in budgets) + " of the pool); "
+             f"{cfg.seeds} seed(s) per method; evaluated on {cells['eval_users'].iloc[0]} "
+             f"{cfg.period} users (eval seed {cfg.eval_seed}); backends "
+             f"{list(cfg.backends)}. Mean ± std over seeds; best selection method per column in "
+             f"bold; * = paired t-test p < 0.05 against {cfg.baseline} (per-user values averaged "
+             f"over seeds).", ""]
+    for b in budgets:
+        lines += [f"## Budget {b}", "", markdown_table(cfg, agg, sig, b), ""]
+    if len(sig):
+        lines += [f"## Paired tests against {cfg.baseline} ({cfg.metric})", "",
+                  "| budget | method | backend | mean | baseline | rel. | p (t) | p (Wilcoxon) |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        s = sig[sig["metric"] == cfg.metric]
+        for _, r in s.iterrows():
+            lines.append(f"| {r['budget']} | {r['method']} | {r['backend']} | {r['mean']:.4f} | "
+                         f"{r['baseline_mean']:.4f} | {100 * r['rel_improvement']:+.1f}% | "
+                         f"{r['p_ttest']:.3g} | {r['p_wilcoxon']:.3g} |")
+        lines.append("")
+    lines += ["## Wall time per stage (seconds, mean over seeds)", "",
+              "| budget | method | backend | selection | fine-tune | evaluate | epochs |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    g = cells.groupby(["budget", "method", "backend"], sort=False)
+    for (b, m, be), r in g:
+        lines.append(f"| {b or '-'} | {m} | {be} | {r['select_only_s'].mean():.1f} | "
+                     f"{r['finetune_s'].mean():.0f} | {r['eval_s'].mean():.0f} | "
+                     f"{r['epochs'].mean():.1f} |")
+    shared: dict = {}
+    for v in cells["shared_stages"]:
+        for k, s in json.loads(v).items():
+            shared[k] = max(shared.get(k, 0.0), s)
+    if shared:
+        lines += ["", "Shared stages (computed once, cached in `cache/`): "
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in shared.items()), ""]
+    lines += ["", "## Coverage of the selections (seed 0)", "",
+              _md(cov), ""]
+    for name in pngs:
+        lines += [f"![{name}]({name})", ""]
+    return "\n".join(lines)
+
+
+def _md(df: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats with 3 decimals)."""
+    def f(v):
+        return f"{v:.3f}" if isinstance(v, (float, np.floating)) else str(v)
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(f(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+__all__ = ["ABLATIONS", "BenchmarkConfig", "BenchmarkResult", "FULL", "PAPER_METHODS",
+           "aggregate", "coverage_stats", "expand_methods", "markdown_table", "resolve_budget",
+           "run_benchmark", "significance"]

@@ -1,0 +1,162 @@
+"""The benchmark harness: grid, resumability, aggregation, significance, plots and errors.
+
+The grids use the most-popular backend fitted on each selection (fine-tuning in milliseconds)
+and cheap surrogate options, so the harness itself is what is tested; one small TIGER grid
+checks the integration with a real fine-tuned backend.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import recprune.pipeline.benchmark as bm
+from recprune.cli import app
+from recprune.data import load_dataset
+from recprune.errors import ConfigError
+from recprune.pipeline.benchmark import BenchmarkConfig, resolve_budget, run_benchmark
+
+CHEAP = {"surrogate": {"max_epochs": 2}, "influence": {"solver": "cg"}}
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return load_dataset("synthetic:240")
+
+
+def _cfg(tmp, **kw) -> BenchmarkConfig:
+    base = dict(data="synthetic:240", out=str(tmp), methods=("random", "el2n", "all"),
+                backends=("pop",), budgets=(16,), seeds=2, eval_users=50,
+                select_options=CHEAP)
+    base.update(kw)
+    return BenchmarkConfig(**base)
+
+
+def test_grid_outputs_and_aggregation(ds, tmp_path):
+    res = run_benchmark(_cfg(tmp_path), dataset=ds, progress=False)
+    c = res.cells
+    # most-popular + 2 methods x 2 seeds + 1 full-data cell
+    assert len(c) == 1 + 2 * 2 + 1
+    assert set(c["method"]) == {"most-popular", "random", "el2n", "all"}
+    for f in ("cells.csv", "table.csv", "table.md", "significance.csv", "coverage.csv",
+              "report.md", "metric_by_method.png", "coverage.png", "config.json"):
+        assert (tmp_path / f).exists(), f
+    # the table's mean/std are those of the seeds' cells
+    for m in ("random", "el2n"):
+        sub = c[c["method"] == m]["ndcg@20"].to_numpy()
+        row = res.table[res.table["method"] == m].iloc[0]
+        assert row["ndcg@20_mean"] == pytest.approx(sub.mean())
+        assert row["ndcg@20_std"] == pytest.approx(sub.std(ddof=1))
+        assert row["seeds"] == 2
+    # full data = the whole pool; a selection = the budget
+    assert int(c[c["method"] == "all"]["n_train_users"].iloc[0]) == ds.n_users
+    assert set(c[c["method"] == "random"]["n_train_users"]) == {16}
+    # the best few-shot method per column is bold
+    md = (tmp_path / "table.md").read_text()
+    best = res.table[res.table["method"].isin(["random", "el2n"])]["ndcg@20_mean"].max()
+    assert f"**{best:.4f}" in md
+    # significance: every method except the baseline, p-values in [0, 1]
+    s = res.significance
+    assert "random" not in set(s["method"]) and {"el2n", "all"} <= set(s["method"])
+    assert ((s["p_ttest"] >= 0) & (s["p_ttest"] <= 1)).all()
+    # random seeds differ, EL2N is deterministic in its selection
+    sel = lambda m, k: json.loads((tmp_path / f"cells/b16/{m}/s{k}/select/done.json"
+                                   ).read_text())["rows"]
+    assert sel("random", 0) != sel("random", 1)
+    assert sel("el2n", 0) == sel("el2n", 1)
+    # the EL2N selection holds the highest EL2N scores of the pool
+    scores = pd.read_csv(tmp_path / "cells/b16/el2n/s0/select/scores.csv")
+    top = set(scores.sort_values("el2n", ascending=False, kind="stable")["row"][:16])
+    assert np.isclose(np.sort(scores["el2n"])[-16],
+                      scores.set_index("row").loc[sel("el2n", 0), "el2n"].min())
+    assert len(top) == 16
+    # scores were computed once, in the shared cache
+    assert (tmp_path / "cache" / "scores" / "el2n.npy").exists()
+    assert not (tmp_path / "cells/b16/el2n/s1/select/scores").exists()
+
+
+def test_rerun_recomputes_nothing_and_new_seeds_only_add(ds, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=("random", "el2n"))
+    run_benchmark(cfg, dataset=ds, progress=False)
+    marks = {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/**/*.json")}
+    calls = []
+    real = bm.run_select
+    monkeypatch.setattr(bm, "run_select", lambda *a, **k: calls.append(1) or real(*a, **k))
+    res = run_benchmark(cfg, dataset=ds, progress=False)
+    assert calls == []
+    assert {p: p.stat().st_mtime_ns for p in marks} == marks
+    # one more seed: only that seed's cells are selected / fitted / evaluated
+    res3 = run_benchmark(_cfg(tmp_path, methods=("random", "el2n"), seeds=3), dataset=ds,
+                         progress=False)
+    assert len(calls) == 2  # random s2, el2n s2
+    assert {p: p.stat().st_mtime_ns for p in marks} == marks
+    old = res.cells.set_index(["method", "seed"])["ndcg@20"]
+    new = res3.cells.set_index(["method", "seed"])["ndcg@20"]
+    for k in old.index:
+        assert new[k] == old[k]
+
+
+def test_budget_sweep_fractions_and_plot(ds, tmp_path):
+    res = run_benchmark(_cfg(tmp_path, methods=("random",), budgets=(0.05, 24), seeds=1,
+                             popularity=False), dataset=ds, progress=False)
+    assert sorted(set(res.cells["n_train_users"])) == [12, 24]
+    assert (tmp_path / "sweep.png").exists()
+    assert (tmp_path / "table_b12.md").exists() and (tmp_path / "table_b24.md").exists()
+
+
+def test_resolve_budget():
+    assert resolve_budget(1024, 49156) == 1024
+    assert resolve_budget(0.02, 10000) == 200
+    assert resolve_budget(0.0001, 100) == 1
+    with pytest.raises(ConfigError):
+        resolve_budget(2000, 1000)
+    with pytest.raises(ConfigError):
+        resolve_budget(0, 1000)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"methods": ("nosuch",)}, "unknown selection method 'nosuch'"),
+    ({"backends": ("nosuch",)}, "nosuch"),
+    ({"method_options": {"ccs": {"beta": 0.1}}}, "not benchmarked"),
+    ({"method_options": {"el2n": {"nope": 1}}}, "bad options"),
+    ({"backend_options": {"pop": {"nope": 1}}}, "nope"),
+    ({"metric": "ndcg@5"}, "not computed"),
+    ({"budgets": (10000,)}, "candidate pool"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"select_options": {"pool": 10}}, "set by the benchmark itself"),
+    ({"select_options": {"nope": 1}}, "bad select options"),
+])
+def test_bad_configuration_is_refused_before_any_work(ds, tmp_path, kw, msg):
+    with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        run_benchmark(_cfg(tmp_path / "x", **kw), dataset=ds, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_aliases_expand():
+    cfg = BenchmarkConfig(data="d", out="o", methods=("paper", "ablations", "random"))
+    assert cfg.methods[:7] == bm.PAPER_METHODS and cfg.methods[7:] == bm.ABLATIONS
+
+
+def test_cli_benchmark_with_tiger(tmp_path):
+    # a real fine-tuned backend through the CLI: tiny TIGER, tiny encoder-free item embeddings
+    out = tmp_path / "b"
+    args = ["benchmark", "--data", "synthetic:120", "--out", str(out), "--methods",
+            "random,all", "--backends", "tiger", "--budget", "24", "--seeds", "1",
+            "--eval-users", "30", "--quiet",
+            "--set", "tiger.epochs=2", "--set", "tiger.rqvae_epochs=3",
+            "--set", "tiger.codebook_size=8", "--set", "tiger.d_model=32",
+            "--set", "tiger.num_layers=1", "--set", "tiger.num_decoder_layers=1",
+            "--set", "tiger.d_ff=64", "--set", "tiger.num_heads=2", "--set", "tiger.d_kv=16",
+            "--set", "tiger.beams=20"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cells = pd.read_csv(out / "cells.csv")
+    assert set(cells["method"]) == {"most-popular", "random", "all"}
+    assert (cells[cells["backend"] == "tiger"]["epochs"] >= 1).all()
+    assert "| random |" in r.output
+    r = CliRunner().invoke(app, args[:-2] + ["--set", "tiger=1"])
+    assert r.exit_code == 2 and "NAME.KEY=VALUE" in r.output
