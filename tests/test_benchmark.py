@@ -160,3 +160,19 @@ def test_cli_benchmark_with_tiger(tmp_path):
     assert "| random |" in r.output
     r = CliRunner().invoke(app, args[:-2] + ["--set", "tiger=1"])
     assert r.exit_code == 2 and "NAME.KEY=VALUE" in r.output
+
+
+def test_shards_cover_the_grid_and_the_final_run_reuses_them(ds, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=("random", "el2n"), seeds=2)
+    assert run_benchmark(cfg, dataset=ds, progress=False, selections_only=True) is None
+    assert len(list(tmp_path.glob("cells/b16/*/s*/select/done.json"))) == 4
+    assert not list(tmp_path.glob("cells/b16/*/s*/pop/eval/metrics.json"))
+    for i in range(2):
+        assert run_benchmark(cfg, dataset=ds, progress=False, shard=(i, 2)) is None
+    assert len(list(tmp_path.glob("cells/b16/*/s*/pop/eval/metrics.json"))) == 4
+    calls = []
+    monkeypatch.setattr(bm, "run_select", lambda *a, **k: calls.append(1))
+    res = run_benchmark(cfg, dataset=ds, progress=False)
+    assert calls == [] and len(res.cells) == 5
+    with pytest.raises(ConfigError, match="shard"):
+        run_benchmark(cfg, dataset=ds, progress=False, shard=(2, 2))

@@ -494,6 +494,12 @@ def benchmark(
     lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
     llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    shard: Annotated[Optional[str], typer.Option(
+        help="Process only every n-th cell, starting at i ('i/n'), to run n processes side "
+             "by side once scores are cached; then run once without --shard for the tables.")
+    ] = None,
+    selections_only: Annotated[bool, typer.Option(
+        help="Compute the shared scores and all selections, then stop.")] = False,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -526,7 +532,17 @@ def benchmark(
         metric=metric, baseline=baseline, popularity=popularity,
         method_options=_dotted(option, "--option"), backend_options=bopts, select_options=sopts,
         device=device, trust_pickle=trust_pickle)
-    res = run_benchmark(cfg, progress=not quiet)
+    sh = None
+    if shard is not None:
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise RecpruneError(f"--shard must be i/n (e.g. 0/2), got {shard!r}") from None
+        sh = (i, n)
+    res = run_benchmark(cfg, progress=not quiet, shard=sh, selections_only=selections_only)
+    if res is None:
+        console.print("done; run without --shard / --selections-only to write the tables")
+        return
     print((out / "table.md").read_text())
     console.print(f"{len(res.cells)} cells; report -> {out}/report.md")
 

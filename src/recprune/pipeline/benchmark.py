@@ -252,8 +252,20 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
 
 
 def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = None,
-                  progress: bool = True) -> BenchmarkResult:
-    """Run (or continue) the whole grid and write the tables, plots and report."""
+                  progress: bool = True, shard: tuple[int, int] | None = None,
+                  selections_only: bool = False) -> BenchmarkResult | None:
+    """Run (or continue) the whole grid and write the tables, plots and report.
+
+    ``selections_only``: compute the shared scores and every cell's selection, then stop (no
+    fine-tuning). ``shard=(i, n)``: process only the cells ``i, i+n, i+2n, ...`` of the grid
+    (several processes can share a machine or machines share a directory once the scores are
+    cached, e.g. after ``selections_only``); a sharded run writes no tables (``None`` is
+    returned): run once more without ``shard`` to collect every finished cell.
+    """
+    if shard is not None:
+        i, n = shard
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
     cfg.validate()
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
@@ -278,11 +290,15 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
         records.append(_record(None, "most-popular", 0, "pop", len(pool_rows), {}, None, ev))
 
     cells = _grid(cfg, budgets)
+    if shard is not None:
+        cells = cells[shard[0]::shard[1]]
     n_total = len(cells) * len(cfg.backends)
     k = 0
     for cell in cells:
         t0 = time.perf_counter()
         rows, sel_timings = _select_cell(cfg, cell, ds, out, pool_rows, progress)
+        if selections_only:
+            continue
         for backend in cfg.backends:
             k += 1
             base = out / cell.path / backend
@@ -309,6 +325,8 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
             log.info(msg)
             if progress:
                 print(msg, flush=True)
+    if shard is not None or selections_only:
+        return None
     return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets)
 
 
