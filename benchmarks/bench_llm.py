@@ -54,7 +54,8 @@ def main() -> None:
     ap.add_argument("--backend", required=True)
     ap.add_argument("--cells", default="pop,untuned,random")
     ap.add_argument("--budget", type=int, default=1024)
-    ap.add_argument("--eval-users", type=int, default=1000)
+    ap.add_argument("--eval-users", default="1000",
+                    help="number of test users (a fixed seeded subset) or 'all'")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="runs/bench_llm")
     ap.add_argument("--set", action="append", default=[], help="backend option KEY=VALUE")
@@ -63,6 +64,9 @@ def main() -> None:
     ap.add_argument("--results", default="benchmarks/results")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
+    n_eval = None if a.eval_users == "all" else int(a.eval_users)
+    # the 1,000-user evaluation lives in <cell>/eval, others in <cell>/eval_<n|all>
+    eval_dir = "eval" if n_eval == 1000 else f"eval_{a.eval_users}"
     opts = _parse_sets(a.set)
     ds = load_dataset(a.data)
     work = Path(a.work) / a.backend
@@ -73,7 +77,7 @@ def main() -> None:
     info: dict[str, dict] = {}
     for cell in cells:
         t0 = time.perf_counter()
-        ecfg = dict(data=a.data, out=str(work / cell / "eval"), eval_users=a.eval_users,
+        ecfg = dict(data=a.data, out=str(work / cell / eval_dir), eval_users=n_eval,
                     seed=a.seed, ks=(10, 20, 50))
         if cell in ("pop", "untuned"):
             name = "pop" if cell == "pop" else a.backend
@@ -102,22 +106,27 @@ def main() -> None:
     lines = [f"backend {a.backend}, data {ds.name}, {evals[cells[0]].n_users} test users "
              f"(seed {a.seed}), options {opts}",
              "| cell | train users | fit s | eval s | " + " | ".join(
-                 f"{m} [95% CI]" for m in METRICS) + " | ratio vs pop (N@20) | p vs pop (N@20) |",
-             "|---|---:|---:|---:|" + "---|" * len(METRICS) + "---:|---:|"]
+                 f"{m} [95% CI]" for m in METRICS) + " | ratio vs pop (N@20) | p vs pop (N@20) "
+             "| p vs untuned (N@20) |",
+             "|---|---:|---:|---:|" + "---|" * len(METRICS) + "---:|---:|---:|"]
+    untuned = evals.get("untuned")
     table = {}
     for cell, ev in evals.items():
         s = ev.summary()
         row = {m: s[m] for m in METRICS}
         cmp = paired_test(ev, base, "ndcg@20") if base is not None and cell != "pop" else None
-        table[cell] = {"metrics": row, "vs_pop": cmp, **info[cell]}
+        cmp_u = (paired_test(ev, untuned, "ndcg@20")
+                 if untuned is not None and cell not in ("pop", "untuned") else None)
+        table[cell] = {"metrics": row, "vs_pop": cmp, "vs_untuned": cmp_u, **info[cell]}
         fit_s = info[cell]["fit_seconds"]
         fit_txt = "-" if fit_s is None else f"{fit_s:.0f}"
         ratio = "-" if cmp is None else f"{cmp['mean_a'] / cmp['mean_b']:.2f}x"
         pval = "-" if cmp is None else f"{cmp['p_ttest']:.2g}"
+        pval_u = "-" if cmp_u is None else f"{cmp_u['p_ttest']:.2g}"
         cis = " | ".join(f"{row[m]['mean']:.4f} [{row[m]['ci_low']:.4f}, {row[m]['ci_high']:.4f}]"
                          for m in METRICS)
         lines.append(f"| {cell} | {info[cell]['n_train_users']} | {fit_txt} | {ev.seconds:.0f} | "
-                     f"{cis} | {ratio} | {pval} |")
+                     f"{cis} | {ratio} | {pval} | {pval_u} |")
     text = "\n".join(lines)
     print(text)
     meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
@@ -127,7 +136,7 @@ def main() -> None:
                 if v not in (None, [], "")),
             "cells": table}
     res = Path(a.results)
-    stem = f"llm_{a.backend}_games{a.tag}"
+    stem = f"llm_{a.backend}_games{a.tag}" + ("" if n_eval == 1000 else f"_eval{a.eval_users}")
     write_json(res / f"{stem}.json", meta)
     write_text(res / f"{stem}.txt", text + "\n")
 
