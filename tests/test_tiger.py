@@ -315,6 +315,42 @@ def test_interrupted_fit_resumes_to_the_same_weights(ds, emb, tmp_path, monkeypa
         make(ds, emb, **opts).fit(ds, rows[:100], out_dir=tmp_path, progress=False)
 
 
+def test_fit_interrupted_mid_epoch_resumes_bit_for_bit(ds, emb, tmp_path, monkeypatch):
+    import recprune.backends.tiger as tg
+
+    opts = dict(epochs=2, patience=5, batch_size=16)
+    rows = np.arange(120)
+    ref = make(ds, emb, **opts)
+    ref_res = ref.fit(ds, rows, progress=False)
+    n_batches = int(np.ceil(ref_res.stats["n_examples"] / 16))
+    assert n_batches >= 6
+    calls = {"n": 0}
+    real = tg._labels
+
+    def flaky(*a, **k):  # dies in the middle of epoch 2
+        calls["n"] += 1
+        if calls["n"] == n_batches + n_batches // 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    a = make(ds, emb, checkpoint_minutes=1e-9, **opts)  # a checkpoint before every batch
+    monkeypatch.setattr(tg, "_labels", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        a.fit(ds, rows, out_dir=tmp_path, progress=False)
+    monkeypatch.setattr(tg, "_labels", real)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)["state"]
+    assert saved["epoch"] == 1 and 0 < saved["partial"]["batches"] < n_batches
+    b = make(ds, emb, checkpoint_minutes=1e-9, **opts)
+    res = b.fit(ds, rows, out_dir=tmp_path, progress=False)
+    assert [x["train_loss"] for x in res.history] == [x["train_loss"] for x in ref_res.history]
+    for (n1, p1), (_, p2) in zip(ref.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(p1, p2), n1
+    # checkpoint_minutes is a runtime option: not part of the model's configuration
+    assert "checkpoint_minutes" not in b.config_dict()
+    with pytest.raises(ConfigError):
+        make(ds, emb, checkpoint_minutes=-1)
+
+
 # ----------------------------------------------------------------------------- errors
 
 def test_bad_options_are_config_errors():

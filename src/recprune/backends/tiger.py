@@ -35,10 +35,12 @@ restored (without validation users, every epoch runs and the last is kept).
 the loaded / previously fitted weights otherwise (i.e. a second ``fit`` continues fine-tuning).
 
 Resuming: with ``out_dir``, a checkpoint ``out_dir/tiger_fit.pt`` (model, optimiser, scheduler,
-best weights, RNG states, history) is written atomically after every epoch. A later ``fit`` with
-the same ``out_dir``, training options, selection, semantic IDs and starting weights (a fresh
-backend with the same seed starts from the same weights) resumes after the last finished epoch,
-bit-for-bit as if uninterrupted on CPU (and returns at once when that run had finished); a
+best weights, RNG states, history) is written atomically after every epoch, and within an epoch
+every ``checkpoint_minutes`` (with the epoch's starting RNG state and the number of batches
+done, so a long full-data epoch loses at most that much work). A later ``fit`` with the same
+``out_dir``, training options, selection, semantic IDs and starting weights (a fresh backend with
+the same seed starts from the same weights) resumes after the last checkpoint, bit-for-bit as if
+uninterrupted on CPU (and returns at once when that run had finished); a
 checkpoint of a *different* fit is refused with a :class:`ConfigError` (remove it or choose
 another directory). The checkpoint is left in place after a finished fit.
 
@@ -95,6 +97,8 @@ CHECKPOINT = "tiger_fit.pt"
 _CKPT_FORMAT = 1
 # options that do not change what fit computes (excluded from the resume fingerprint)
 _EVAL_ONLY = ("beams", "eval_batch_size", "exclude_history_in_beam", "device")
+# options that change neither the trained model nor the ranking (not part of any cache key)
+_RUNTIME_ONLY = ("checkpoint_minutes",)
 # T5 attention implementation: with T5's relative position bias (an additive float mask) "sdpa"
 # takes its math path plus extra mask copies; "eager" trained 10-40% faster on CPU (paired runs).
 _ATTN = "eager"
@@ -115,7 +119,9 @@ class TigerConfig:
 
     Training: ``samples`` ("all" next-item positions or "last"), ``epochs`` (max), ``batch_size``,
     ``lr`` (AdamW), ``weight_decay``, ``warmup_steps`` (linear warm-up, then constant),
-    ``grad_clip`` (max gradient norm, 0 = off), ``patience`` (epochs without a better validation
+    ``grad_clip`` (max gradient norm, 0 = off), ``checkpoint_minutes`` (mid-epoch checkpoint
+    interval with ``out_dir``; 0 = only after each epoch; not part of any cache key), ``patience``
+    (epochs without a better validation
     loss before stopping), ``seed``, ``device`` ("auto" = cuda if available else cpu).
 
     Ranking: ``beams`` (at least ``k`` are used), ``eval_batch_size`` (users per beam search),
@@ -151,6 +157,7 @@ class TigerConfig:
     patience: int = 3
     seed: int = 0
     device: str = "auto"
+    checkpoint_minutes: float = 10.0
     beams: int = 50
     eval_batch_size: int = 64
     exclude_history_in_beam: bool = True
@@ -174,7 +181,8 @@ class TigerConfig:
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ConfigError(f"tiger: {name} must be a non-negative integer, got {v!r}")
         for name, lo_open in (("lr", True), ("rqvae_lr", True), ("weight_decay", False),
-                              ("rqvae_beta", False), ("grad_clip", False)):
+                              ("rqvae_beta", False), ("grad_clip", False),
+                              ("checkpoint_minutes", False)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                     or v < 0 or (lo_open and v == 0):
@@ -571,10 +579,15 @@ class Tiger(Recommender):
             raise DataError("tiger: the semantic IDs were built from other item titles than "
                             "this dataset's", path=ds.source or None, field="titles")
 
+    def config_dict(self) -> dict:
+        """The options that define the model (runtime-only options such as
+        ``checkpoint_minutes`` are left out, so they never invalidate a cached result)."""
+        return {k: v for k, v in super().config_dict().items() if k not in _RUNTIME_ONLY}
+
     def _fingerprint(self, rows: np.ndarray) -> dict:
         """What a resumable fit depends on: the options that change training, the training
         rows, the semantic IDs and the weights the fit starts from."""
-        skip = _EVAL_ONLY + ("embedding_cache", "use_cache")
+        skip = _EVAL_ONLY + _RUNTIME_ONLY + ("embedding_cache", "use_cache")
         cfg = {k: v for k, v in asdict(self.config).items() if k not in skip}
         cfg["rqvae_hidden"] = list(cfg["rqvae_hidden"])
         h = hashlib.sha256()
@@ -621,15 +634,36 @@ class Tiger(Recommender):
         with progress_bar(progress) as prog:
             task = prog.add_task("TIGER fit", total=1, info="")
             epoch = state["epoch"]
+            partial = state.pop("partial", None)  # a mid-epoch checkpoint to continue from
             while not state["done"] and epoch < cfg.epochs:
                 epoch += 1
                 model.train()
                 te = time.perf_counter()
-                total, seen = 0.0, 0
+                total, seen, skip, before = 0.0, 0, 0, 0.0
+                epoch_rng = json.dumps(rng.bit_generator.state)
+                if partial is not None:
+                    # same batches as the interrupted epoch: its start RNG state, then skip
+                    # the batches already trained (model / optimiser / torch RNG are restored)
+                    epoch_rng = partial["epoch_rng"]
+                    rng.bit_generator.state = json.loads(epoch_rng)
+                    skip, total, seen = partial["batches"], partial["total"], partial["seen"]
+                    before = partial["seconds"]
+                    partial = None
                 batches = _bucketed_batches(ex.hist_len, cfg.batch_size, rng)
                 prog.update(task, description=f"TIGER epoch {epoch}/{cfg.epochs}",
-                            total=len(batches), completed=0)
-                for idx in batches:
+                            total=len(batches), completed=skip)
+                last_save = time.perf_counter()
+                for b, idx in enumerate(batches):
+                    if b < skip:
+                        continue
+                    if (ckpt is not None and cfg.checkpoint_minutes > 0 and b > skip
+                            and time.perf_counter() - last_save > 60 * cfg.checkpoint_minutes):
+                        state["partial"] = {"epoch_rng": epoch_rng, "batches": b,
+                                            "total": total, "seen": seen,
+                                            "seconds": before + time.perf_counter() - te}
+                        self._save_checkpoint(ckpt, fingerprint, state, model, opt, sched, rng)
+                        state.pop("partial")
+                        last_save = time.perf_counter()
                     ids, mask = _encoder_inputs(ex, idx, item_tokens)
                     labels = _labels(ex, idx, item_tokens)
                     out = model(input_ids=torch.from_numpy(ids).to(device),
@@ -648,10 +682,10 @@ class Tiger(Recommender):
                     total += float(loss.detach()) * len(idx)
                     seen += len(idx)
                     prog.update(task, advance=1, info=f"loss {total / seen:.4f}")
-                train_s = time.perf_counter() - te
+                train_s = before + time.perf_counter() - te
                 vloss = self._valid_loss(vex, device) if len(vex) else None
                 rec = {"epoch": epoch, "train_loss": total / max(seen, 1), "valid_loss": vloss,
-                       "seconds": time.perf_counter() - te, "examples": seen,
+                       "seconds": before + time.perf_counter() - te, "examples": seen,
                        "examples_per_s": seen / max(train_s, 1e-9)}
                 state["train_seconds"] += train_s
                 state["train_examples"] += seen
