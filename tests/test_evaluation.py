@@ -237,6 +237,18 @@ def test_cli_run_end_to_end_with_popularity(tmp_path):
         int(x) for x in (out / "select" / "selected_users.txt").read_text().split())
 
 
+def test_cli_run_with_a_baseline_selector_and_its_options(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--data", "synthetic:300", "--method", "recranker",
+                                   "-o", "n_clusters=5", "--budget", "30", "--backend", "pop",
+                                   "--out", str(out), "--quiet", "--eval-users", "40"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["selection"]["n_selected"] == 30
+    sel = json.loads((out / "select" / "selection.json").read_text())
+    assert sel["method"] == "recranker" and sel["selector"]["n_clusters"] == 5
+
+
 class _Counting:
     """Wraps a backend and records which users it ranked; can crash after n calls."""
 
