@@ -247,6 +247,44 @@ def test_resume_after_interruption_equals_uninterrupted_fit(ds, make, tmp_path, 
         make(epochs=3, patience=None, lr=5e-3).fit(ds, rows, out_dir=out, progress=False)
 
 
+def test_resume_inside_an_epoch_equals_uninterrupted_fit(ds, make, tmp_path, monkeypatch):
+    rows = np.arange(24)
+    opts = dict(epochs=2, patience=None, batch_size=4, micro_batch_size=4)
+    full = make(**opts)
+    full.fit(ds, rows, progress=False)
+    want = lora_state(full)
+    steps = full.fit_result.stats["steps_per_epoch"]
+    assert steps >= 4
+
+    out = tmp_path / "ckpt"
+    calls = {"n": 0}
+    orig = BigRec._loss_pass
+
+    def crash_mid_epoch_2(self, ts, groups, grad, denom, where):
+        if grad:
+            calls["n"] += 1
+            if calls["n"] == steps + 3:  # die at step 3 of epoch 2
+                raise KeyboardInterrupt
+        return orig(self, ts, groups, grad=grad, denom=denom, where=where)
+
+    monkeypatch.setattr(BigRec, "_loss_pass", crash_mid_epoch_2)
+    with pytest.raises(KeyboardInterrupt):  # checkpoint before every step
+        make(checkpoint_minutes=1e-9, **opts).fit(ds, rows, out_dir=out, progress=False)
+    monkeypatch.setattr(BigRec, "_loss_pass", orig)
+    part = json.loads((out / "partial" / "partial.json").read_text())
+    assert part["epoch"] == 1 and part["steps"] == 2
+
+    again = make(checkpoint_minutes=1e-9, **opts)
+    res = again.fit(ds, rows, out_dir=out, progress=False)
+    assert len(res.history) == 2 and not (out / "partial").exists()
+    got = lora_state(again)
+    for k in want:
+        assert torch.allclose(got[k], want[k], atol=1e-6), k
+    assert [h["train_loss"] for h in res.history] == pytest.approx(
+        [h["train_loss"] for h in full.fit_result.history], rel=1e-6)
+    assert "checkpoint_minutes" not in again.config_dict()
+
+
 # ----------------------------------------------------------------------------- generation / ranking
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -131,6 +131,10 @@ EMBED_TEXT_MODES = ("plain", "quoted")
 
 # ----------------------------------------------------------------------------- configuration
 
+# options that change neither the trained adapter nor the ranking (kept out of cache keys)
+_RUNTIME_ONLY = ("checkpoint_minutes",)
+
+
 @dataclass
 class BigRecConfig:
     """Options of the BIGRec backend (``BigRec(**options)``; see the module docstring).
@@ -179,6 +183,10 @@ class BigRecConfig:
     template:
         A :class:`~recprune.llm.prompts.PromptTemplate` (or its fields as a dict); ``None``:
         :func:`~recprune.llm.prompts.template_for` the data set name.
+    checkpoint_minutes:
+        With ``out_dir``, also checkpoint inside an epoch at this interval (adapter, optimiser,
+        scheduler, RNG, steps done; 0 = only after each epoch). Runtime only: not part of the
+        model's configuration or of any cache key.
     """
 
     model: str | None = None
@@ -207,6 +215,7 @@ class BigRecConfig:
     embedding_cache_dir: str | None = None
     seed: int = 0
     template: PromptTemplate | None = None
+    checkpoint_minutes: float = 10.0
 
     def __post_init__(self) -> None:
         if self.model is not None:
@@ -267,6 +276,7 @@ class BigRecConfig:
         integer("eval_batch_size", 1)
         integer("embed_batch_size", 1)
         integer("seed", 0)
+        number("checkpoint_minutes", 0.0, False)
         if self.embed_text not in EMBED_TEXT_MODES:
             raise ConfigError(f"bigrec: embed_text must be one of {EMBED_TEXT_MODES}, got "
                               f"{self.embed_text!r}")
@@ -499,6 +509,11 @@ class BigRec(Recommender):
     """
 
     name = "bigrec"
+
+    def config_dict(self) -> dict:
+        """The options that define the model (runtime-only ``checkpoint_minutes`` left out, so
+        it never invalidates a cached result)."""
+        return {k: v for k, v in super().config_dict().items() if k not in _RUNTIME_ONLY}
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -757,7 +772,8 @@ class BigRec(Recommender):
                          rows: np.ndarray) -> dict:
         cfg = asdict(self.config)
         for k in ("device", "eval_batch_size", "embed_batch_size", "num_beams",
-                  "max_new_tokens", "embed_text", "embedding_cache_dir", "patience", "model"):
+                  "max_new_tokens", "embed_text", "embedding_cache_dir", "patience", "model",
+                  *_RUNTIME_ONLY):
             cfg.pop(k)
         samples = _sha(ts.prefix_ids, ts.indptr, ts.ids, ts.target)[:16]
         valid = _sha(vts.indptr, vts.ids, vts.target)[:16] if vts is not None else None
@@ -835,21 +851,46 @@ class BigRec(Recommender):
         with progress_bar(progress) as pb, torch.random.fork_rng(devices=rng_devices):
             task = pb.add_task("bigrec fit", total=(cfg.epochs - start_epoch) * ts.n,
                                info="")
+            partial = (self._resume_partial(odir, fp, start_epoch, opt, sched)
+                       if odir is not None and not stopped else None)
             for epoch in range(start_epoch, cfg.epochs):
                 if stopped:
                     break
                 t0 = time.perf_counter()
                 torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # LoRA dropout
                 self._pm.train()
-                loss_sum, tgt_sum, run = 0.0, 0.0, 0
+                loss_sum, tgt_sum, run, skip, before = 0.0, 0.0, 0, 0, 0.0
+                padded_epoch = 0
+                if partial is not None:  # continue the interrupted epoch after its last step
+                    skip, before = partial["steps"], partial["seconds"]
+                    loss_sum, tgt_sum, run = partial["loss_sum"], partial["tgt_sum"], partial["run"]
+                    padded += partial["padded"]
+                    padded_epoch = partial["padded"]
+                    torch.set_rng_state(partial["torch_rng"])
+                    pb.update(task, advance=partial["samples"])
+                    partial = None
+                t0 -= before
+                last_save = time.perf_counter()
+                done_samples = 0
                 for step, batch in enumerate(self._epoch_batches(ts, epoch)):
+                    if step < skip:
+                        done_samples += len(batch)
+                        continue
+                    if (odir is not None and cfg.checkpoint_minutes > 0 and step > skip
+                            and time.perf_counter() - last_save > 60 * cfg.checkpoint_minutes):
+                        self._checkpoint_partial(odir, fp, epoch, step, done_samples, loss_sum,
+                                                 tgt_sum, run, padded_epoch,
+                                                 time.perf_counter() - t0, opt, sched)
+                        last_save = time.perf_counter()
+                    done_samples += len(batch)
                     groups = self._groups(ts, batch, cfg.micro_batch_size)
                     denom = float(n_targets[batch].sum())
                     where = f"at epoch {epoch + 1}, step {step + 1}"
                     s, r = self._loss_pass(ts, groups, grad=True, denom=max(denom, 1.0),
                                            where=where)
-                    padded += sum(len(g.idx) * g.T for g in groups) - \
-                        int(ts.lengths[batch].sum())
+                    pad = sum(len(g.idx) * g.T for g in groups) - int(ts.lengths[batch].sum())
+                    padded += pad
+                    padded_epoch += pad
                     if cfg.max_grad_norm is not None:
                         gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                         if not torch.isfinite(gn):
@@ -892,6 +933,7 @@ class BigRec(Recommender):
                 if odir is not None:
                     self._checkpoint(odir, fp, epoch + 1, history, best_epoch, best_valid,
                                      bad_epochs, stopped, opt, sched)
+                    shutil.rmtree(odir / "partial", ignore_errors=True)
                 pb.update(task, info=f"epoch {epoch + 1}: train {rec['train_loss']:.4f}"
                           + (f" valid {valid_loss:.4f}" if valid_loss is not None else ""))
         if best_state is not None:
@@ -953,6 +995,43 @@ class BigRec(Recommender):
         for d in odir.glob("epoch_*"):
             if d.is_dir() and d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
+
+    def _checkpoint_partial(self, odir: Path, fp: dict, epoch: int, steps: int, samples: int,
+                            loss_sum: float, tgt_sum: float, run: int, padded: int,
+                            seconds: float, opt, sched) -> None:
+        """Mid-epoch checkpoint: ``steps`` optimizer steps of (0-based) ``epoch`` done."""
+        pdir = odir / "partial"
+        tmp = odir / "partial.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        _save_adapter(self._pm, tmp / ADAPTER_DIR)
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+        write_json(tmp / "partial.json", {
+            "fingerprint": fp, "epoch": epoch, "steps": steps, "samples": samples,
+            "loss_sum": loss_sum, "tgt_sum": tgt_sum, "run": run, "padded": padded,
+            "seconds": seconds})
+        shutil.rmtree(pdir, ignore_errors=True)
+        tmp.rename(pdir)  # the directory appears complete or not at all
+
+    def _resume_partial(self, odir: Path, fp: dict, epoch: int, opt, sched) -> dict | None:
+        """Load a mid-epoch checkpoint of (0-based) ``epoch`` of this fit, if there is one."""
+        pdir = odir / "partial"
+        try:
+            meta = json.loads((pdir / "partial.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("fingerprint") != fp or meta.get("epoch") != epoch:
+            return None
+        from safetensors.torch import load_file
+
+        self._load_adapter_state(load_file(
+            str(pdir / ADAPTER_DIR / "adapter_model.safetensors"), device=str(self.device)))
+        st = torch.load(pdir / "optim.pt", map_location=self.device, weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        meta["torch_rng"] = st["torch_rng"]
+        log.info("bigrec: resuming epoch %d after step %d", epoch + 1, meta["steps"])
+        return meta
 
     def _resume(self, odir: Path, fp: dict, opt, sched):
         spath = odir / FIT_STATE
