@@ -215,6 +215,10 @@ def test_cli_evaluate_compare_and_errors(tmp_path):
     res = r.invoke(app, ["evaluate", "--data", "synthetic:300", "--out", str(tmp_path / "b"),
                          "--backend", "nosuch"])
     assert res.exit_code == 2 and "unknown backend" in res.output
+    res = r.invoke(app, ["evaluate", "--data", "synthetic:300", "--out", str(tmp_path / "c"),
+                         "--backend", "pop", "--chunk-users", "0"])
+    assert res.exit_code == 2 and "chunk_users must be a positive integer" in res.output
+    assert not (tmp_path / "c").exists()
     sel = tmp_path / "sel.txt"
     sel.write_text("")
     res = r.invoke(app, ["finetune", "--data", "synthetic:300", "--out", str(tmp_path / "f"),

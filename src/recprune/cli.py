@@ -323,6 +323,9 @@ def evaluate(
     ] = None,
     period: Annotated[str, typer.Option(help="'test' or 'valid'.")] = "test",
     ks: KsOpt = "10,20,50", eval_users: EvalUsersOpt = None,
+    chunk_users: Annotated[int, typer.Option(
+        help="Users per resumable chunk (a killed evaluation restarts at its last chunk).")
+    ] = 200,
     llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
     set_: SetOpt = None, seed: Annotated[int, typer.Option(
@@ -338,7 +341,7 @@ def evaluate(
     cfg = EvaluateConfig(data=data, out=str(out), model=str(model) if model else None,
                          backend=backend, backend_options=opts, period=period,
                          ks=_parse_ks(ks), eval_users=eval_users, seed=seed, device=device,
-                         trust_pickle=trust_pickle)
+                         trust_pickle=trust_pickle, chunk_users=chunk_users)
     res = run_evaluate(cfg, progress=not quiet)
     console.print(_metrics_table(f"{period}: {res.n_users} users, {res.seconds:.0f} s",
                                  res.summary()))

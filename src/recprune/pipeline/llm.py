@@ -202,6 +202,9 @@ def run_evaluate(cfg: EvaluateConfig, *, dataset: InteractionDataset | None = No
     ks = tuple(int(k) for k in cfg.ks)
     if not ks or min(ks) < 1:
         raise ConfigError(f"K values must be positive, got {cfg.ks}")
+    if isinstance(cfg.chunk_users, bool) or not isinstance(cfg.chunk_users, int) \
+            or cfg.chunk_users < 1:
+        raise ConfigError(f"chunk_users must be a positive integer, got {cfg.chunk_users!r}")
     if backend is None:
         if cfg.model is not None:
             backend = load_backend(_model_dir(cfg.model), device=cfg.device)
