@@ -23,6 +23,18 @@ PATTERNS=(
 case "${1:-}" in
   save)
     shopt -s globstar nullglob
+    if [ -d "$MIRROR" ]; then
+      # the mirror becomes an exact copy of what runs/ holds now (stale checkpoints go), but
+      # only on a machine that restored it first: otherwise nothing here would be kept
+      restored=0
+      while IFS= read -r f; do
+        [ -e "runs/${f#$MIRROR/}" ] && { restored=1; break; }
+      done < <(find "$MIRROR" -type f)
+      if [ "$restored" = 0 ] && [ -n "$(find "$MIRROR" -type f | head -1)" ]; then
+        echo "runs/ holds none of the saved state: run '$0 restore' first" >&2; exit 2
+      fi
+      rm -rf "$MIRROR"
+    fi
     n=0
     for p in "${PATTERNS[@]}"; do
       for f in runs/$p; do
