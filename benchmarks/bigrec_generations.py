@@ -45,6 +45,8 @@ def main() -> None:
         gens = [json.loads(line) for line in (d / "generations.jsonl").read_text().splitlines()]
         ev = EvalResult.load(d)
         period = ev.period
+        hist_all = history_for(ds, period)  # once, not per user
+        truth_all = ds.test if period == "test" else ds.valid
         n = len(gens)
         texts = [_norm(g["generated"]) for g in gens]
         exact = hist = test = 0
@@ -54,9 +56,9 @@ def main() -> None:
                 continue
             exact += 1
             r = row_of[int(g["user_id"])]
-            if items & set(history_for(ds, period)[r].tolist()):
+            if items & set(hist_all[r].tolist()):
                 hist += 1
-            truth = (ds.test if period == "test" else ds.valid)[r]
+            truth = truth_all[r]
             if items & set(truth.tolist()):
                 test += 1
         top = Counter(texts).most_common(1)[0][1] / max(1, n)

@@ -7,14 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIRROR=benchmarks/results/state
-# what is worth keeping: evaluation chunks and finished evaluations, the grid's trained
-# surrogate, its small score arrays and finished selections, LoRA fit checkpoints (a few MB)
+# what is worth keeping and small (every file well under 2 MB): evaluation chunks and finished
+# evaluations, the grid's score arrays and finished selections. Model checkpoints (surrogate,
+# LoRA optimiser state) are larger and are recomputed instead.
 PATTERNS=(
   "bench_llm/*/*/eval/partial/*/chunk_*.npz"
   "bench_llm/*/*/eval/*.json" "bench_llm/*/*/eval/*.csv" "bench_llm/*/*/eval/*.jsonl"
   "bench_llm/*/*/eval/ranked.npy"
-  "bench_llm/bigrec/*/finetune/checkpoints/**"
-  "bench-tiger/cache/surrogate.pt"
   "bench-tiger/cache/scores/grand.*" "bench-tiger/cache/scores/el2n.*"
   "bench-tiger/cache/scores/influence.*" "bench-tiger/cache/scores/effort/**"
   "bench-tiger/cache/scores/effort.*"

@@ -99,6 +99,17 @@ def _method_options(method: str, lam: float | None, groups: int | None,
     return opts
 
 
+def _lora_layers(text: str) -> str | tuple[int, ...]:
+    """``--lora-layers``: 'all', 'last' or comma-separated layer indices."""
+    if text in ("all", "last"):
+        return text
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices like '0,29', "
+                            f"got {text!r}") from None
+
+
 def _score_options(items: list[str] | None) -> dict:
     """``--score-option grand.seeds=5`` -> ``{"grand": {"seeds": 5}}``."""
     out: dict = {}
@@ -183,13 +194,7 @@ def select(
                  "repeats": lissa_repeats, "batch_size": lissa_batch}
     else:
         sopts = {"damping": cg_damping}
-    layers: str | tuple[int, ...] = lora_layers
-    if lora_layers not in ("all", "last"):
-        try:
-            layers = tuple(int(x) for x in lora_layers.split(","))
-        except ValueError:
-            raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices like '0,29', "
-                                f"got {lora_layers!r}") from None
+    layers = _lora_layers(lora_layers)
     cfg = SelectConfig(
         data=data, budget=budget, out=str(out), method=m, method_options=method_options,
         seed=seed, trust_pickle=trust_pickle, pool=pool,
@@ -411,14 +416,8 @@ def run(
     _setup_logging(quiet)
     m = method
     mopts = _method_options(m, lam, groups, hard_prune, option, allow_all=True)
-    layers: str | tuple[int, ...] = lora_layers
-    if lora_layers not in ("all", "last"):
-        try:
-            layers = tuple(int(x) for x in lora_layers.split(","))
-        except ValueError:
-            raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices, "
-                                f"got {lora_layers!r}") from None
-    scfg = SelectConfig(data=data, budget=budget, out=str(out), method=m if m != "all" else "all",
+    layers = _lora_layers(lora_layers)
+    scfg = SelectConfig(data=data, budget=budget, out=str(out), method=m,
                         method_options=mopts, seed=seed, trust_pickle=trust_pickle, pool=pool,
                         surrogate_checkpoint=str(surrogate_checkpoint) if surrogate_checkpoint
                         else None, effort={"lora_layers": layers, "seed": seed},
@@ -511,13 +510,7 @@ def benchmark(
     from recprune.pipeline.benchmark import BenchmarkConfig, run_benchmark
 
     _setup_logging(quiet)
-    layers: str | tuple[int, ...] = lora_layers
-    if lora_layers not in ("all", "last"):
-        try:
-            layers = tuple(int(x) for x in lora_layers.split(","))
-        except ValueError:
-            raise RecpruneError(f"--lora-layers must be 'all', 'last' or indices, "
-                                f"got {lora_layers!r}") from None
+    layers = _lora_layers(lora_layers)
     bopts = _dotted(set_, "--set")
     if llm is not None:
         bopts.setdefault("bigrec", {})["model"] = llm
