@@ -8,16 +8,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MIRROR=benchmarks/results/state
 # what is worth keeping and small (every file well under 2 MB): evaluation chunks and finished
-# evaluations, the grid's score arrays and finished selections. Model checkpoints (surrogate,
-# LoRA optimiser state) are larger and are recomputed instead.
+# evaluations, finished grid cells (cell.json + eval/), the grids' score arrays and selections.
+# Model checkpoints (surrogate, fine-tuned models, optimiser state) are larger and are
+# recomputed instead; a finished grid cell does not need its model again (see cell.json).
 PATTERNS=(
-  "bench_llm/*/*/eval/partial/*/chunk_*.npz"
-  "bench_llm/*/*/eval/*.json" "bench_llm/*/*/eval/*.csv" "bench_llm/*/*/eval/*.jsonl"
-  "bench_llm/*/*/eval/ranked.npy"
-  "bench-tiger/cache/scores/grand.*" "bench-tiger/cache/scores/el2n.*"
-  "bench-tiger/cache/scores/influence.*" "bench-tiger/cache/scores/effort/**"
-  "bench-tiger/cache/scores/effort.*"
-  "bench-tiger/cells/*/*/*/select/done.json"
+  "bench_llm/*/*/eval*/partial/*/chunk_*.npz"
+  "bench_llm/*/*/eval*/*.json" "bench_llm/*/*/eval*/*.csv" "bench_llm/*/*/eval*/*.jsonl"
+  "bench_llm/*/*/eval*/ranked.npy" "bench_llm/*/*/finetune/fit.json"
+  "bench-*/cache/scores/**"
+  "bench-*/cells/**/select/done.json" "bench-*/cells/**/select/selected_users.txt"
+  "bench-*/cells/**/cell.json" "bench-*/cells/**/eval/*.json" "bench-*/cells/**/eval/*.csv"
+  "bench-*/cells/**/eval/*.jsonl" "bench-*/cells/**/eval/ranked.npy"
+  "bench-*/cells/**/finetune/fit.json"
 )
 case "${1:-}" in
   save)
@@ -34,16 +36,18 @@ case "${1:-}" in
       fi
       rm -rf "$MIRROR"
     fi
-    n=0
+    n=0; skipped=0
     for p in "${PATTERNS[@]}"; do
       for f in runs/$p; do
         [ -f "$f" ] || continue
+        # files of 2 MB or more (text embeddings, all-user rankings) are recomputed instead
+        if [ "$(stat -c %s "$f")" -ge 2000000 ]; then skipped=$((skipped + 1)); continue; fi
         dest="$MIRROR/${f#runs/}"
         mkdir -p "$(dirname "$dest")"
         cp -p "$f" "$dest"; n=$((n + 1))
       done
     done
-    echo "saved $n files into $MIRROR ($(du -sh "$MIRROR" | cut -f1))" ;;
+    echo "saved $n files into $MIRROR ($(du -sh "$MIRROR" | cut -f1)); $skipped files >= 2 MB left out" ;;
   restore)
     [ -d "$MIRROR" ] || { echo "nothing to restore"; exit 0; }
     mkdir -p runs

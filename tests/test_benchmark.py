@@ -176,3 +176,30 @@ def test_shards_cover_the_grid_and_the_final_run_reuses_them(ds, tmp_path, monke
     assert calls == [] and len(res.cells) == 5
     with pytest.raises(ConfigError, match="shard"):
         run_benchmark(cfg, dataset=ds, progress=False, shard=(2, 2))
+
+
+def test_finished_cells_need_no_model_and_a_changed_option_recomputes(ds, tmp_path, monkeypatch):
+    """What a grid continued on another machine sees: the small result files of finished cells
+    (cell.json, eval/, select/done.json) but none of the fine-tuned models."""
+    import shutil
+
+    cfg = _cfg(tmp_path, methods=("random", "el2n"))
+    first = run_benchmark(cfg, dataset=ds, progress=False)
+    records = list(tmp_path.glob("cells/b16/*/s*/pop/cell.json"))
+    assert len(records) == 4
+    for d in tmp_path.glob("cells/b16/*/s*/pop/finetune"):
+        shutil.rmtree(d)
+    monkeypatch.setattr(bm, "run_finetune", lambda *a, **k: pytest.fail("re-fitted"))
+    monkeypatch.setattr(bm, "run_evaluate", lambda *a, **k: pytest.fail("re-evaluated")
+                        if "cells/b16" in k.get("cfg", a[0]).out else real_eval(*a, **k))
+    again = run_benchmark(cfg, dataset=ds, progress=False)
+    cols = ["method", "seed", "ndcg@20", "recall@20", "finetune_s", "epochs"]
+    pd.testing.assert_frame_equal(first.cells[cols], again.cells[cols])
+    # a record of another configuration is not trusted: the cell is recomputed
+    rec = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**rec, "key": "0" * 16}))
+    with pytest.raises(pytest.fail.Exception, match="re-fitted"):
+        run_benchmark(cfg, dataset=ds, progress=False)
+
+
+real_eval = bm.run_evaluate

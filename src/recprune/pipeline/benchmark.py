@@ -9,6 +9,7 @@ evaluated on a fixed set of test users (all, or a seeded ``eval_users`` subset).
     OUT/cells/b<budget>/<method>/s<seed>/select/            the selection (recprune select)
     OUT/cells/b<budget>/<method>/s<seed>/<backend>/finetune/  fine-tuned model
     OUT/cells/b<budget>/<method>/s<seed>/<backend>/eval/      metrics, per-user values
+    OUT/cells/b<budget>/<method>/s<seed>/<backend>/cell.json  the finished cell's key + fit summary
     OUT/cells/full/s<seed>/...      method "all": full-data fine-tuning (no selection)
     OUT/cells/pop/eval/             most-popular baseline (with ``popularity``)
     OUT/cells.csv                   one row per finished cell: metrics, wall seconds per stage
@@ -22,6 +23,8 @@ fine-tune / evaluate: their own keys), so running the same command again continu
 interrupted grid and never recomputes a finished cell; a long fine-tuning or evaluation resumes
 from its own checkpoints. Selections, models and evaluations depend only on their cell's
 configuration, so cells may be added (methods, seeds, budgets) to an existing run directory.
+A finished cell is recognised by ``cell.json`` + ``eval/`` alone, without its fine-tuned model: the
+small result files can be copied to another machine and the grid continued there.
 
 The significance test pairs users: each method's per-user metric is averaged over its seeds
 and compared with the baseline's per-user average on the same test users (paired t-test and
@@ -40,13 +43,14 @@ import numpy as np
 import pandas as pd
 
 from recprune.backends import BACKENDS, create_backend
+from recprune.backends.base import FitResult
 from recprune.data import load_dataset
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, RecpruneError
 from recprune.evaluation import EvalResult, eval_user_rows, paired_test
 from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_options, run_evaluate,
                                    run_finetune)
-from recprune.pipeline.select import SelectConfig, _hash, _pool_rows, run_select
+from recprune.pipeline.select import SelectConfig, _data_key, _hash, _pool_rows, run_select
 from recprune.selection import SELECTORS, get_selector
 from recprune.utils.io import atomic_path, write_json, write_text
 
@@ -305,22 +309,31 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
             opts = dict(cfg.backend_options.get(backend, {}))
             if cfg.device != "auto" and backend != "pop":
                 opts.setdefault("device", cfg.device)
-            ft = run_finetune(FinetuneConfig(data=cfg.data, out=str(base / "finetune"),
-                                             backend=backend, backend_options=opts,
-                                             seed=cell.seed, trust_pickle=cfg.trust_pickle),
-                              dataset=ds, rows=rows, progress=progress)
-            ev = run_evaluate(EvaluateConfig(out=str(base / "eval"), model=str(base / "finetune"),
-                                             **ecommon), dataset=ds, backend=ft.backend,
-                              progress=progress)
+            ckey = _cell_key(cfg, ds, backend, opts, cell.seed, rows, ecommon)
+            finished = _finished_cell(base, ckey)
+            if finished is not None:  # the cell's record: no model needed (e.g. a new machine)
+                fit, ev = finished
+                reused = True
+            else:
+                ft = run_finetune(FinetuneConfig(data=cfg.data, out=str(base / "finetune"),
+                                                 backend=backend, backend_options=opts,
+                                                 seed=cell.seed, trust_pickle=cfg.trust_pickle),
+                                  dataset=ds, rows=rows, progress=progress)
+                ev = run_evaluate(EvaluateConfig(out=str(base / "eval"),
+                                                 model=str(base / "finetune"), **ecommon),
+                                  dataset=ds, backend=ft.backend, progress=progress)
+                fit, reused = ft.fit, ft.reused
             if not np.array_equal(ev.rows, eval_rows):
                 raise RecpruneError(f"{base / 'eval'} evaluated other users than this benchmark")
+            if finished is None:
+                write_json(base / CELL_RECORD, {"key": ckey, "fit": fit.to_dict()})
             evals[(cell.budget, cell.method, cell.seed, backend)] = ev
             records.append(_record(cell.budget, cell.method, cell.seed, backend, len(rows),
-                                   sel_timings, ft, ev))
+                                   sel_timings, fit, ev))
             m = ev.summary()[cfg.metric]["mean"]
             msg = (f"[{k}/{n_total}] {cell.method} budget {cell.budget or 'all'} seed "
                    f"{cell.seed} -> {backend}: {cfg.metric} {m:.4f} (fine-tune "
-                   f"{ft.fit.seconds:.0f} s{' reused' if ft.reused else ''}, eval "
+                   f"{fit.seconds:.0f} s{' reused' if reused else ''}, eval "
                    f"{ev.seconds:.0f} s; cell {time.perf_counter() - t0:.0f} s)")
             log.info(msg)
             if progress:
@@ -330,16 +343,46 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets)
 
 
-def _record(budget, method, seed, backend, n_train, sel_timings, ft, ev: EvalResult) -> dict:
+CELL_RECORD = "cell.json"  # beside finetune/ and eval/: the finished cell's key and fit summary
+
+
+def _cell_key(cfg: BenchmarkConfig, ds: InteractionDataset, backend: str, opts: dict, seed: int,
+              rows: np.ndarray, ecommon: dict) -> str:
+    """Everything a cell's evaluation depends on: the backend's full configuration, the data,
+    the selected rows and the evaluation protocol (not the device, not file times)."""
+    conf = create_backend(backend, **_backend_options(backend, opts, seed)).config_dict()
+    return _hash({"backend": backend, "options": conf, "data": _data_key(ds),
+                  "rows": _hash(np.asarray(rows, dtype=np.int64).tolist()),
+                  "eval": {k: (list(v) if isinstance(v, tuple) else v)
+                           for k, v in ecommon.items() if k not in ("device", "data")}})
+
+
+def _finished_cell(base: Path, key: str) -> tuple[FitResult, EvalResult] | None:
+    """A finished cell's fit summary and evaluation, read from disk without loading any model,
+    when its record matches ``key`` (so a grid continued on another machine, where the
+    fine-tuned models of earlier sessions are absent, recomputes nothing)."""
+    try:
+        meta = json.loads((base / CELL_RECORD).read_text())
+        if meta.get("key") != key:
+            return None
+        fit = FitResult(**{k: meta["fit"][k] for k in ("history", "best_epoch", "seconds",
+                                                        "stats")})
+        return fit, EvalResult.load(base / "eval")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, RecpruneError):
+        return None
+
+
+def _record(budget, method, seed, backend, n_train, sel_timings, fit: FitResult | None,
+            ev: EvalResult) -> dict:
     s = ev.summary()
     rec = {"budget": budget if budget is not None else "", "method": method, "seed": seed,
            "backend": backend, "n_train_users": int(n_train),
            "select_s": round(sum(v for k, v in sel_timings.items()
                                  if k not in ("load_data", "write")), 3),
            "select_only_s": round(sel_timings.get("select", 0.0), 3),
-           "finetune_s": round(ft.fit.seconds, 3) if ft is not None else 0.0,
-           "epochs": len(ft.fit.history) if ft is not None else 0,
-           "best_epoch": ft.fit.best_epoch if ft is not None else None,
+           "finetune_s": round(fit.seconds, 3) if fit is not None else 0.0,
+           "epochs": len(fit.history) if fit is not None else 0,
+           "best_epoch": fit.best_epoch if fit is not None else None,
            "eval_s": round(ev.seconds, 3), "eval_users": ev.n_users}
     rec["shared_stages"] = json.dumps({k: round(v, 1) for k, v in sel_timings.items()
                                        if k not in SHARED_STAGES_IGNORED})
