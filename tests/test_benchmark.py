@@ -207,3 +207,27 @@ def test_finished_cells_need_no_model_and_a_changed_option_recomputes(ds, tmp_pa
     with pytest.raises(pytest.fail.Exception, match="re-fitted"):
         run_benchmark(cfg, dataset=ds, progress=False)
 
+
+
+def test_shared_cache_and_validation_period_for_tuning(ds, tmp_path):
+    """Hyper-parameter runs (one directory per setting) evaluate on the validation period and
+    reuse the scores already cached by another run instead of recomputing them."""
+    cache = tmp_path / "cache"
+    first = run_benchmark(_cfg(tmp_path / "a", methods=("el2n",), seeds=1, cache_dir=str(cache),
+                               period="valid"), dataset=ds, progress=False)
+    assert (cache / "scores" / "el2n.npy").exists()
+    assert not (tmp_path / "a" / "cache").exists()
+    # evaluated on validation users: their ground truth is the valid period's next item
+    ev = json.loads((tmp_path / "a" / "cells" / "b16" / "el2n" / "s0" / "pop" / "eval"
+                     / "config.json").read_text())
+    assert ev["period"] == "valid"
+    assert "50 valid users" in (tmp_path / "a" / "report.md").read_text()
+    # a second directory with another selector option: the cached scores are reused
+    mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    second = run_benchmark(_cfg(tmp_path / "b", methods=("el2n",), seeds=1, cache_dir=str(cache),
+                                period="valid"), dataset=ds, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # surrogate, scores untouched
+    assert not (tmp_path / "b" / "cache").exists()
+    assert second.cells["ndcg@20"].tolist() == first.cells["ndcg@20"].tolist()
+    with pytest.raises(ConfigError, match="period"):
+        _cfg(tmp_path / "c", period="train").validate()

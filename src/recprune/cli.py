@@ -479,6 +479,10 @@ def benchmark(
     pool_seed: Annotated[int, typer.Option(help="Seed of the pool draw.")] = 0,
     eval_users: EvalUsersOpt = None,
     eval_seed: Annotated[int, typer.Option(help="Seed of the evaluated-user subset.")] = 0,
+    period: Annotated[str, typer.Option(
+        help="Evaluate on 'test' (the comparison) or 'valid' (to choose selector "
+             "hyper-parameters such as -o dealrec.lam without looking at the test period).")
+    ] = "test",
     ks: KsOpt = "10,20,50",
     metric: Annotated[str, typer.Option(help="Main metric (plots, tests).")] = "ndcg@20",
     baseline: Annotated[str, typer.Option(help="Method the others are tested against.")
@@ -496,6 +500,9 @@ def benchmark(
     lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
     llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Cache of the shared scores (default OUT/cache); run directories that differ "
+             "only in selector options or --period can share one.")] = None,
     shard: Annotated[Optional[str], typer.Option(
         help="Process only every n-th cell, starting at i ('i/n'), to run n processes side "
              "by side once scores are cached; then run once without --shard for the tables.")
@@ -524,10 +531,11 @@ def benchmark(
         data=data, out=str(out), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()),
         budgets=_budgets(budget), seeds=seeds, full_seeds=full_seeds, pool=pool,
-        pool_seed=pool_seed, eval_users=eval_users, eval_seed=eval_seed, ks=_parse_ks(ks),
-        metric=metric, baseline=baseline, popularity=popularity,
+        pool_seed=pool_seed, eval_users=eval_users, eval_seed=eval_seed, period=period,
+        ks=_parse_ks(ks), metric=metric, baseline=baseline, popularity=popularity,
         method_options=_dotted(option, "--option"), backend_options=bopts, select_options=sopts,
-        device=device, trust_pickle=trust_pickle)
+        device=device, trust_pickle=trust_pickle,
+        cache_dir=None if cache_dir is None else str(cache_dir))
     sh = None
     if shard is not None:
         try:

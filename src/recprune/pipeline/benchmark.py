@@ -90,6 +90,10 @@ class BenchmarkConfig:
         ``surrogate_checkpoint``, ``effort``, ``llm``, ``grand``, ``el2n``, ``embed``).
     metric: the main metric (plots, significance); baseline: the method tested against.
     popularity: also evaluate the most-popular baseline (over the pool's training items).
+    period: ``"test"`` (the comparison) or ``"valid"`` (to choose selector hyper-parameters
+        such as DEALRec's lambda or K without looking at the test period).
+    cache_dir: where the shared scores are cached (default ``OUT/cache``); several run
+        directories (e.g. one per hyper-parameter setting) can share one cache.
     """
 
     data: str
@@ -114,6 +118,7 @@ class BenchmarkConfig:
     select_options: dict = field(default_factory=dict)
     device: str = "auto"
     trust_pickle: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.methods = expand_methods(self.methods)
@@ -237,7 +242,8 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
     scfg = SelectConfig(data=cfg.data, budget=cell.budget, out=str(d), method=cell.method,
                         method_options=dict(cfg.method_options.get(cell.method, {})),
                         seed=cell.seed, trust_pickle=cfg.trust_pickle, pool=cfg.pool,
-                        pool_seed=cfg.pool_seed, cache_dir=str(out / "cache"),
+                        pool_seed=cfg.pool_seed,
+                        cache_dir=cfg.cache_dir or str(out / "cache"),
                         **cfg.select_options)
     key = _hash(scfg.to_dict())
     done = d / "done.json"
