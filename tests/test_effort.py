@@ -189,3 +189,49 @@ def test_bad_config_and_model():
         EffortScorer("/no/such/model/dir")
     with pytest.raises(ConfigError, match="no layer 99"):
         make(lora_layers=[99])
+
+
+def test_a_pool_takes_its_scores_from_a_finished_all_users_cache(tmp_path):
+    """Effort is per sample: a candidate pool can read its users' scores from a cache that was
+    computed for every user, but only a finished one made with the same configuration."""
+    from recprune.data import load_dataset
+
+    ds = load_dataset("synthetic:14")
+    sc = make(lora_layers="last", chunk_size=4)
+    cache = tmp_path / "all"
+    full = sc.score(ds, None, cache_dir=cache, progress=False)
+    np.testing.assert_array_equal(sc.load_all_users(ds, cache), full)
+    pool = np.array([11, 2, 7, 5])
+    direct = make(lora_layers="last", chunk_size=4).score(ds, pool, progress=False)
+    np.testing.assert_allclose(sc.load_all_users(ds, cache)[pool], direct, rtol=1e-5)
+    with pytest.raises(ConfigError, match="lora_layers"):
+        make(lora_layers=[1], chunk_size=4).load_all_users(ds, cache)
+    # a cache of some users only is not an all-users cache
+    part = tmp_path / "part"
+    sc.score(ds, pool, cache_dir=part, progress=False)
+    with pytest.raises(ConfigError, match="rows"):
+        sc.load_all_users(ds, part)
+    (cache / CHUNK_PATTERN.format(2)).unlink()
+    with pytest.raises(ConfigError, match="unfinished: 1 of 4 chunks"):
+        sc.load_all_users(ds, cache)
+    with pytest.raises(ConfigError, match="not an effort cache"):
+        sc.load_all_users(ds, tmp_path / "nothing")
+
+
+def test_select_with_a_pool_reads_effort_from_an_all_users_cache(tmp_path):
+    from recprune.data import load_dataset
+    from recprune.pipeline import SelectConfig, run_select
+
+    ds = load_dataset("synthetic:14")
+    eff = {"lora_layers": "last", "chunk_size": 4}
+    full = run_select(SelectConfig(data="synthetic:14", budget=4, out=str(tmp_path / "full"),
+                                   method="dealrec_no_influence", effort=eff), dataset=ds,
+                      show_progress=False)
+    pooled = run_select(SelectConfig(data="synthetic:14", budget=3, out=str(tmp_path / "pool"),
+                                     method="dealrec_no_influence", effort=eff, pool=8,
+                                     effort_cache=str(tmp_path / "full" / "scores" / "effort")),
+                        dataset=ds, show_progress=False)
+    assert len(pooled.scores.rows) == 8
+    np.testing.assert_array_equal(pooled.scores["effort"],
+                                  full.scores["effort"][pooled.scores.rows])
+    assert not (tmp_path / "pool" / "scores" / "effort").exists()  # nothing recomputed

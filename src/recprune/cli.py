@@ -151,6 +151,7 @@ def select(
         help="Seeded candidate pool of N training users (default: all).")] = None,
     surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
+    effort_cache: EffortCacheOpt = None,
     surrogate_loss: Annotated[str, typer.Option(help="'ce' (softmax) or 'bce' (1 negative).")] = "ce",
     surrogate_epochs: Annotated[int, typer.Option(help="Max surrogate epochs.")] = 200,
     surrogate_minutes: Annotated[Optional[float], typer.Option(
@@ -204,6 +205,7 @@ def select(
         influence=InfluenceConfig(params=influence_params, solver=solver.value,
                                   solver_options=sopts, seed=seed),
         effort={"lora_layers": layers, "prefix": prefix, "seed": seed},
+        effort_cache=str(effort_cache) if effort_cache else None,
         llm=llm, device=device, **_score_options(score_option))
     res = run_select(cfg, show_progress=not quiet)
     t = Table(title=f"recprune select: {m}, budget {budget}")
@@ -232,6 +234,10 @@ LlmOpt = Annotated[Optional[str], typer.Option(
 KsOpt = Annotated[str, typer.Option("--ks", help="Comma-separated K values.")]
 EvalUsersOpt = Annotated[Optional[int], typer.Option(
     help="Evaluate a fixed seeded subset of N users (default: all with ground truth).")]
+EffortCacheOpt = Annotated[Optional[Path], typer.Option(
+    help="A finished effort cache computed for ALL users with the same LLM and effort options "
+         "(another run's scores/effort directory): a --pool takes its effort scores from it "
+         "instead of recomputing them.")]
 
 
 def _parse_sets(sets: list[str] | None, flag: str = "--set") -> dict:
@@ -404,6 +410,7 @@ def run(
         help="DEALRec: drop this top fraction first.")] = None,
     option: MethodOptOpt = None, score_option: ScoreOptOpt = None,
     lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
+    effort_cache: EffortCacheOpt = None,
     epochs: EpochsOpt = None, lr: LrOpt = None, batch_size: BatchOpt = None, llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
     set_: SetOpt = None, ks: KsOpt = "10,20,50", eval_users: EvalUsersOpt = None,
@@ -421,6 +428,7 @@ def run(
                         method_options=mopts, seed=seed, trust_pickle=trust_pickle, pool=pool,
                         surrogate_checkpoint=str(surrogate_checkpoint) if surrogate_checkpoint
                         else None, effort={"lora_layers": layers, "seed": seed},
+                        effort_cache=str(effort_cache) if effort_cache else None,
                         llm=llm, device=device, **_score_options(score_option))
     cfg = RunConfig(select=scfg, backend=backend,
                     backend_options=_backend_opts(backend, set_, epochs, lr, batch_size, llm,
@@ -498,6 +506,7 @@ def benchmark(
     surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
     lora_layers: Annotated[str, typer.Option(help="Effort score LoRA layers.")] = "all",
+    effort_cache: EffortCacheOpt = None,
     llm: LlmOpt = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda'.")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option(
@@ -527,6 +536,8 @@ def benchmark(
         sopts["llm"] = llm
     if surrogate_checkpoint is not None:
         sopts["surrogate_checkpoint"] = str(surrogate_checkpoint)
+    if effort_cache is not None:
+        sopts["effort_cache"] = str(effort_cache)
     cfg = BenchmarkConfig(
         data=data, out=str(out), methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()),

@@ -245,7 +245,10 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
                         pool_seed=cfg.pool_seed,
                         cache_dir=cfg.cache_dir or str(out / "cache"),
                         **cfg.select_options)
-    key = _hash(scfg.to_dict())
+    sd = scfg.to_dict()
+    if sd["effort_cache"] is None:  # keys of selections made before the option existed
+        del sd["effort_cache"]
+    key = _hash(sd)
     done = d / "done.json"
     if done.exists():
         try:

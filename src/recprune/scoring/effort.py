@@ -977,14 +977,17 @@ class EffortScorer:
             return out
         return [] if a == b else [f"{path[:-1]}: {a!r} (cache) vs {b!r} (now)"]
 
+    def _manifest(self, fp: dict, rows: np.ndarray, n_chunks: int) -> dict:
+        return {"kind": "recprune.effort", "version": _CACHE_VERSION, **fp,
+                "rows": {"n": int(len(rows)), "sha256": _sha(rows.astype(np.int64))[:16]},
+                "chunk_size": self.config.chunk_size, "n_chunks": n_chunks}
+
     def _open_cache(self, cache_dir: Path, fp: dict, rows: np.ndarray, n_chunks: int) -> None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         for stale in cache_dir.glob(".effort_*.tmp-*"):  # left by a killed run
             stale.unlink(missing_ok=True)
         mpath = cache_dir / MANIFEST_NAME
-        want = {"kind": "recprune.effort", "version": _CACHE_VERSION, **fp,
-                "rows": {"n": int(len(rows)), "sha256": _sha(rows.astype(np.int64))[:16]},
-                "chunk_size": self.config.chunk_size, "n_chunks": n_chunks}
+        want = self._manifest(fp, rows, n_chunks)
         if mpath.exists():
             try:
                 have = json.loads(mpath.read_text())
@@ -1022,6 +1025,53 @@ class EffortScorer:
         ts = self.prepare(dataset, rows)
         return self.score_tokenized(ts, user_ids=user_ids, rows=rows, cache_dir=cache_dir,
                                     progress=progress)
+
+    def load_all_users(self, dataset, cache_dir: str | Path) -> np.ndarray:
+        """Every user's effort score from a *complete* cache that :meth:`score` wrote for all
+        users of ``dataset`` (``rows=None``) with this scorer's configuration, model and
+        adapter initialisation. An effort score depends only on its own sample, so a candidate
+        pool (any subset of users) can take its scores from there instead of recomputing them.
+        Raises :class:`~recprune.errors.ConfigError` (naming what differs or what is missing)
+        when the cache was made otherwise or is unfinished.
+        """
+        cdir = Path(cache_dir)
+        mpath = cdir / MANIFEST_NAME
+        if not mpath.exists():
+            raise ConfigError(f"{cdir}: no {MANIFEST_NAME}, so not an effort cache")
+        try:
+            have = json.loads(mpath.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{mpath}: unreadable effort-cache manifest ({e})") from None
+        ts = self.prepare(dataset, None)
+        cs = self.config.chunk_size
+        order = self.sorted_order(ts)
+        chunks = [order[s:s + cs] for s in range(0, ts.n, cs)]
+        want = self._manifest(self.fingerprint(ts), np.arange(ts.n, dtype=np.int64), len(chunks))
+        diffs = self._diff(have, want)
+        if diffs:
+            raise ConfigError(
+                f"effort cache {cdir} does not hold every user's score for this configuration "
+                f"and dataset: " + "; ".join(diffs[:6]))
+        scores = np.full(ts.n, np.nan, dtype=np.float64)
+        missing = []
+        for c, idx in enumerate(chunks):
+            f = cdir / CHUNK_PATTERN.format(c)
+            arr = None
+            if f.exists():
+                try:
+                    arr = np.load(f, allow_pickle=False)
+                except (OSError, ValueError, EOFError):
+                    arr = None
+            if arr is None or arr.shape != (len(idx),) or not np.isfinite(arr).all():
+                missing.append(c)
+            else:
+                scores[idx] = arr
+        if missing:
+            raise ConfigError(
+                f"effort cache {cdir} is unfinished: {len(missing)} of {len(chunks)} chunks are "
+                f"missing or unreadable (first {missing[:5]}); finish it by scoring all users "
+                "into it, or compute the pool's effort scores instead")
+        return scores
 
     def score_tokenized(self, ts: TokenizedSamples, *, user_ids: np.ndarray | None = None,
                         rows: np.ndarray | None = None, cache_dir: str | Path | None = None,
