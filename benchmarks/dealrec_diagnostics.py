@@ -31,26 +31,15 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from recprune.data import load_dataset
+from recprune.pipeline.benchmark import pool_scores
 from recprune.selection import get_selector
 from recprune.selection.base import ScoreTable
 from recprune.selection.dealrec import equal_width_groups, overall_score
 
 
-def pool_scores(run: Path, n_pool: int) -> pd.DataFrame:
-    """Every per-sample score of the pool: cells' scores.csv (seed 0) + cached .npy columns."""
-    merged = None
-    for f in sorted(run.glob("cells/b*/*/s0/select/scores.csv")):
-        df = pd.read_csv(f)
-        keep = ["row"] + [c for c in df.columns if c not in ("user_id", "row", "selected", "group",
-                                                            "n_train", "stratum", "overall")
-                          and pd.api.types.is_numeric_dtype(df[c])]
-        df = df[keep]
-        if merged is None:
-            merged = df
-        else:
-            new = [c for c in df.columns if c not in merged.columns]
-            if new:
-                merged = merged.merge(df[["row", *new]], on="row", how="outer")
+def all_scores(run: Path, n_pool: int) -> pd.DataFrame:
+    """Every per-sample score of the pool: the cells' scores.csv (seed 0) + cached .npy columns."""
+    merged = pool_scores(run, exclude=("stratum", "overall"))
     for name in ("influence", "grand", "el2n"):
         f = run / "cache" / "scores" / f"{name}.npy"
         if f.exists() and (merged is None or name not in merged.columns):
@@ -113,7 +102,7 @@ def main() -> None:
 
     run = Path(args.run)
     ds = load_dataset(args.data)
-    scores = pool_scores(run, ds.n_users)
+    scores = all_scores(run, ds.n_users)
     if len(scores) != ds.n_users:
         raise SystemExit(f"the diagnostics need a full-pool run; {run} has {len(scores)} rows")
     rows = scores["row"].to_numpy(dtype=np.int64)

@@ -547,7 +547,7 @@ def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, recor
     pngs["metric_by_method.png"] = plots.metric_by_method(
         agg, cfg.metric, out / "metric_by_method.png", budgets[0] if budgets else "")
     pngs["coverage.png"] = plots.coverage(ds, pool_rows, sels, out / "coverage.png")
-    scores = _pool_scores(out, budgets[0] if budgets else None, cfg.methods)
+    scores = pool_scores(out, budgets[0] if budgets else None, cfg.methods)
     if scores is not None and len(scores.columns) > 2:
         pngs["score_distributions.png"] = plots.score_distributions(
             scores, sels, out / "score_distributions.png")
@@ -562,19 +562,26 @@ def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, recor
     return BenchmarkResult(out=out, cells=cells, table=agg, significance=sig, evals=evals)
 
 
-def _pool_scores(out: Path, budget, methods) -> pd.DataFrame | None:
-    """Every score column computed for the pool (merged over the cells' scores.csv)."""
+def pool_scores(out: Path, budget=None, methods=None,
+                exclude: tuple[str, ...] = ()) -> pd.DataFrame | None:
+    """Every numeric score column of the pool, merged over the seed-0 cells' ``scores.csv``
+    (of ``methods`` at ``budget``; default every method and budget); None if there is none."""
+    out = Path(out)
+    if methods is None:
+        files = sorted(out.glob("cells/b*/*/s0/select/scores.csv"))
+    elif budget is None:
+        return None
+    else:
+        files = [out / Cell(budget, m, 0).path / "select" / "scores.csv" for m in methods
+                 if m != FULL]
+    skip = {"user_id", "row", "selected", "group", "n_train", *exclude}
     merged = None
-    for m in methods:
-        if m == FULL or budget is None:
-            continue
-        f = out / Cell(budget, m, 0).path / "select" / "scores.csv"
+    for f in files:
         if not f.exists():
             continue
         df = pd.read_csv(f)
-        keep = ["row"] + [c for c in df.columns if c not in
-                          ("user_id", "row", "selected", "group", "n_train")
-                          and pd.api.types.is_numeric_dtype(df[c])]
+        keep = ["row"] + [c for c in df.columns
+                          if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
         df = df[keep]
         if merged is None:
             merged = df
@@ -640,5 +647,6 @@ def _md(df: pd.DataFrame) -> str:
 
 
 __all__ = ["ABLATIONS", "BenchmarkConfig", "BenchmarkResult", "FULL", "PAPER_METHODS",
-           "aggregate", "coverage_stats", "expand_methods", "markdown_table", "resolve_budget",
+           "aggregate", "coverage_stats", "expand_methods", "markdown_table", "pool_scores",
+           "resolve_budget",
            "run_benchmark", "significance"]
