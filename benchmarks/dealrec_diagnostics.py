@@ -151,6 +151,12 @@ def main() -> None:
                              "largest_group_share": float(sizes.max() / len(ov)),
                              "groups_fully_taken": int(fully),
                              **selection_stats(ds, feats, pos, ref)})
+            # the reference release's variant: the top 10% by overall score dropped first
+            hp = get_selector("dealrec", lam=lam, n_groups=50, hard_prune=0.1).select(
+                table_s, args.budget, seed=0)
+            pos = np.array([pos_of[r] for r in hp.rows.tolist()])
+            grid.append({"selection": "dealrec, hard prune 10%", "lam": lam, "K": 50,
+                         **selection_stats(ds, feats, pos, ref)})
             g = get_selector("dealrec", lam=lam, strategy="greedy").select(table_s, args.budget)
             pos = np.array([pos_of[r] for r in g.rows.tolist()])
             grid.append({"selection": "greedy (top overall)", "lam": lam, "K": None,
