@@ -34,7 +34,7 @@ from recprune.data import load_dataset
 from recprune.pipeline.benchmark import pool_scores
 from recprune.selection import get_selector
 from recprune.selection.base import ScoreTable
-from recprune.selection.dealrec import equal_width_groups, overall_score
+from recprune.selection.dealrec import equal_width_groups
 
 
 def all_scores(run: Path, n_pool: int) -> pd.DataFrame:
@@ -129,36 +129,32 @@ def main() -> None:
             lams = [0.0]
         ks = [int(x) for x in args.groups.split(",")]
         table_s = ScoreTable(rows=rows, columns={c: scores[c].to_numpy() for c in cols})
-        rand = get_selector("random").select(table_s, args.budget, seed=0)
-        pos_of = {r: i for i, r in enumerate(rows.tolist())}
-        ref = {"random": {pos_of[r] for r in rand.rows.tolist()}}
-        default = get_selector("dealrec", lam=0.3 if "effort" in cols else 0.0, n_groups=50)
-        dsel = default.select(table_s, args.budget, seed=0)
-        ref["default"] = {pos_of[r] for r in dsel.rows.tolist()}
-        grid = []
-        for name, pos in (("random", np.array(sorted(ref["random"]))),):
-            grid.append({"selection": name, "lam": None, "K": None,
-                         **selection_stats(ds, feats, pos, ref)})
+        def positions(name: str, **opts) -> tuple[np.ndarray, dict]:
+            sel = get_selector(name, **opts).select(table_s, args.budget, seed=0)
+            return np.searchsorted(rows, sel.rows), sel.info  # rows are sorted
+
+        ref: dict[str, set] = {}
+        rand, _ = positions("random")
+        ref["random"] = set(rand.tolist())
+        dflt, _ = positions("dealrec", lam=0.3 if "effort" in cols else 0.0, n_groups=50)
+        ref["default"] = set(dflt.tolist())
+        grid = [{"selection": "random", "lam": None, "K": None,
+                 **selection_stats(ds, feats, rand, ref)}]
         for lam in lams:
-            ov = overall_score(table_s["influence"], table_s["effort"] if lam > 0 else None, lam)
             for k in ks:
-                sel = get_selector("dealrec", lam=lam, n_groups=k).select(table_s, args.budget,
-                                                                         seed=0)
-                pos = np.array([pos_of[r] for r in sel.rows.tolist()])
-                sizes = np.bincount(equal_width_groups(ov, k), minlength=k)
-                fully = sum(min(s, args.budget // k) == s for s in sizes if s)  # exhausted groups
+                pos, info = positions("dealrec", lam=lam, n_groups=k)
+                # Algorithm 2's own log: groups whose every member was drawn
+                fully = sum(1 for g in info["groups"] if g["size"] and g["drawn"] == g["size"])
+                largest = max(g["size"] for g in info["groups"])
                 grid.append({"selection": "dealrec", "lam": lam, "K": k,
-                             "largest_group_share": float(sizes.max() / len(ov)),
-                             "groups_fully_taken": int(fully),
+                             "largest_group_share": largest / len(rows),
+                             "groups_fully_taken": fully,
                              **selection_stats(ds, feats, pos, ref)})
             # the reference release's variant: the top 10% by overall score dropped first
-            hp = get_selector("dealrec", lam=lam, n_groups=50, hard_prune=0.1).select(
-                table_s, args.budget, seed=0)
-            pos = np.array([pos_of[r] for r in hp.rows.tolist()])
+            pos, _ = positions("dealrec", lam=lam, n_groups=50, hard_prune=0.1)
             grid.append({"selection": "dealrec, hard prune 10%", "lam": lam, "K": 50,
                          **selection_stats(ds, feats, pos, ref)})
-            g = get_selector("dealrec", lam=lam, strategy="greedy").select(table_s, args.budget)
-            pos = np.array([pos_of[r] for r in g.rows.tolist()])
+            pos, _ = positions("dealrec", lam=lam, strategy="greedy")
             grid.append({"selection": "greedy (top overall)", "lam": lam, "K": None,
                          **selection_stats(ds, feats, pos, ref)})
         gdf = pd.DataFrame(grid)

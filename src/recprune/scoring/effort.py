@@ -977,6 +977,30 @@ class EffortScorer:
             return out
         return [] if a == b else [f"{path[:-1]}: {a!r} (cache) vs {b!r} (now)"]
 
+    def _chunks(self, ts: TokenizedSamples) -> list[np.ndarray]:
+        """Sample positions of each cache chunk (``chunk_size`` samples in length order)."""
+        cs = self.config.chunk_size
+        order = self.sorted_order(ts)
+        return [order[s:s + cs] for s in range(0, ts.n, cs)]
+
+    @staticmethod
+    def _read_chunk(cdir: Path, c: int, n: int, warn: bool = False) -> np.ndarray | None:
+        """Cached chunk ``c`` (``n`` finite scores), or None when absent or unusable."""
+        f = cdir / CHUNK_PATTERN.format(c)
+        if not f.exists():
+            return None
+        try:
+            arr = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            if warn:
+                log.warning("effort cache chunk %d unreadable (%s): recomputing it", c, e)
+            return None
+        if arr.shape != (n,) or not np.isfinite(arr).all():
+            if warn:
+                log.warning("effort cache chunk %d has the wrong shape: recomputing it", c)
+            return None
+        return arr
+
     def _manifest(self, fp: dict, rows: np.ndarray, n_chunks: int) -> dict:
         return {"kind": "recprune.effort", "version": _CACHE_VERSION, **fp,
                 "rows": {"n": int(len(rows)), "sha256": _sha(rows.astype(np.int64))[:16]},
@@ -1043,9 +1067,7 @@ class EffortScorer:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{mpath}: unreadable effort-cache manifest ({e})") from None
         ts = self.prepare(dataset, None)
-        cs = self.config.chunk_size
-        order = self.sorted_order(ts)
-        chunks = [order[s:s + cs] for s in range(0, ts.n, cs)]
+        chunks = self._chunks(ts)
         want = self._manifest(self.fingerprint(ts), np.arange(ts.n, dtype=np.int64), len(chunks))
         diffs = self._diff(have, want)
         if diffs:
@@ -1055,14 +1077,8 @@ class EffortScorer:
         scores = np.full(ts.n, np.nan, dtype=np.float64)
         missing = []
         for c, idx in enumerate(chunks):
-            f = cdir / CHUNK_PATTERN.format(c)
-            arr = None
-            if f.exists():
-                try:
-                    arr = np.load(f, allow_pickle=False)
-                except (OSError, ValueError, EOFError):
-                    arr = None
-            if arr is None or arr.shape != (len(idx),) or not np.isfinite(arr).all():
+            arr = self._read_chunk(cdir, c, len(idx))
+            if arr is None:
                 missing.append(c)
             else:
                 scores[idx] = arr
@@ -1080,24 +1096,14 @@ class EffortScorer:
         n = ts.n
         user_ids = np.arange(n) if user_ids is None else np.asarray(user_ids)
         rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-        cs = self.config.chunk_size
-        order = self.sorted_order(ts)
-        chunks = [order[s:s + cs] for s in range(0, n, cs)]
+        chunks = self._chunks(ts)
         scores = np.full(n, np.nan, dtype=np.float64)
         loaded, todo = [], []
         cdir = Path(cache_dir) if cache_dir is not None else None
         if cdir is not None:
             self._open_cache(cdir, self.fingerprint(ts), rows, len(chunks))
         for c, idx in enumerate(chunks):
-            arr = None
-            if cdir is not None and (cdir / CHUNK_PATTERN.format(c)).exists():
-                try:
-                    arr = np.load(cdir / CHUNK_PATTERN.format(c), allow_pickle=False)
-                except (OSError, ValueError, EOFError) as e:
-                    log.warning("effort cache chunk %d unreadable (%s): recomputing it", c, e)
-                if arr is not None and (arr.shape != (len(idx),) or not np.isfinite(arr).all()):
-                    log.warning("effort cache chunk %d has the wrong shape: recomputing it", c)
-                    arr = None
+            arr = self._read_chunk(cdir, c, len(idx), warn=True) if cdir is not None else None
             if arr is not None:
                 scores[idx] = arr
                 loaded.append(c)
