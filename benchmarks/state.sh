@@ -17,6 +17,7 @@ PATTERNS=(
   "bench_llm/*/*/eval*/ranked.npy" "bench_llm/*/*/finetune/fit.json"
   "bench-*/cache/scores/**"
   "bench-*/cells/**/select/done.json" "bench-*/cells/**/select/selected_users.txt"
+  "bench-*/cells/*/*/s0/select/scores.csv"
   "bench-*/cells/**/cell.json" "bench-*/cells/**/eval/*.json" "bench-*/cells/**/eval/*.csv"
   "bench-*/cells/**/eval/*.jsonl" "bench-*/cells/**/eval/ranked.npy"
   "bench-*/cells/**/finetune/fit.json"
@@ -29,7 +30,7 @@ case "${1:-}" in
       # only on a machine that restored it first: otherwise nothing here would be kept
       restored=0
       while IFS= read -r f; do
-        [ -e "runs/${f#$MIRROR/}" ] && { restored=1; break; }
+        t="${f#$MIRROR/}"; [ -e "runs/${t%.gz}" ] && { restored=1; break; }
       done < <(find "$MIRROR" -type f)
       if [ "$restored" = 0 ] && [ -n "$(find "$MIRROR" -type f | head -1)" ]; then
         echo "runs/ holds none of the saved state: run '$0 restore' first" >&2; exit 2
@@ -40,10 +41,21 @@ case "${1:-}" in
     for p in "${PATTERNS[@]}"; do
       for f in runs/$p; do
         [ -f "$f" ] || continue
-        # files of 2 MB or more (text embeddings, all-user rankings) are recomputed instead
-        if [ "$(stat -c %s "$f")" -ge 2000000 ]; then skipped=$((skipped + 1)); continue; fi
         dest="$MIRROR/${f#runs/}"
         mkdir -p "$(dirname "$dest")"
+        case "$f" in
+          */select/scores.csv)
+            # a selection's score columns (read by the tables and plots): kept gzip-compressed
+            gzip -9 -n -c "$f" > "$dest.gz"
+            if [ "$(stat -c %s "$dest.gz")" -ge 2000000 ]; then
+              rm -f "$dest.gz"; skipped=$((skipped + 1))
+            else
+              touch -r "$f" "$dest.gz"; n=$((n + 1))
+            fi
+            continue ;;
+        esac
+        # other files of 2 MB or more (text embeddings, all-user rankings) are recomputed instead
+        if [ "$(stat -c %s "$f")" -ge 2000000 ]; then skipped=$((skipped + 1)); continue; fi
         cp -p "$f" "$dest"; n=$((n + 1))
       done
     done
@@ -51,7 +63,15 @@ case "${1:-}" in
   restore)
     [ -d "$MIRROR" ] || { echo "nothing to restore"; exit 0; }
     mkdir -p runs
-    cp -rpn "$MIRROR"/. runs/
+    while IFS= read -r f; do
+      rel="${f#$MIRROR/}"
+      case "$rel" in
+        *.gz) target="runs/${rel%.gz}"
+              [ -e "$target" ] || { mkdir -p "$(dirname "$target")"; gzip -d -c "$f" > "$target.tmp" && mv "$target.tmp" "$target"; } ;;
+        *) target="runs/$rel"
+           [ -e "$target" ] || { mkdir -p "$(dirname "$target")"; cp -p "$f" "$target"; } ;;
+      esac
+    done < <(find "$MIRROR" -type f)
     echo "restored $MIRROR into runs/" ;;
   *) echo "usage: $0 save|restore" >&2; exit 2 ;;
 esac
