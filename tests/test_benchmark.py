@@ -231,3 +231,16 @@ def test_shared_cache_and_validation_period_for_tuning(ds, tmp_path):
     assert second.cells["ndcg@20"].tolist() == first.cells["ndcg@20"].tolist()
     with pytest.raises(ConfigError, match="period"):
         _cfg(tmp_path / "c", period="train").validate()
+
+
+def test_coverage_counts_next_item_positions(ds):
+    rows = np.arange(0, 60, 3)
+    picked = {"a": rows[:5], "b": rows[5:]}
+    cov = bm.coverage_stats(ds, rows, picked).set_index("selection")
+    lens = ds.train.lengths
+    for name, r in [("pool (full data)", rows), *picked.items()]:
+        # one training example per next-item position: n - 1 per user of n training items
+        assert cov.loc[name, "next_item_positions"] == sum(max(int(lens[i]) - 1, 0) for i in r)
+        assert cov.loc[name, "users"] == len(r)
+    assert cov.loc["a", "next_item_positions"] + cov.loc["b", "next_item_positions"] == \
+        cov.loc["pool (full data)", "next_item_positions"]

@@ -500,7 +500,9 @@ def markdown_table(cfg: BenchmarkConfig, agg: pd.DataFrame, sig: pd.DataFrame,
 
 def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
                    selections: dict[str, np.ndarray]) -> pd.DataFrame:
-    """How each selection covers the pool: sequence lengths, item popularity, distinct items."""
+    """How each selection covers the pool: sequence lengths, item popularity, distinct items, and
+    ``next_item_positions`` (sum over users of training length - 1: the training examples of a
+    backend that learns from every next-item position, as TIGER does by default)."""
     pop = np.bincount(ds.train.items, minlength=ds.n_items + 1).astype(np.float64)
 
     def stats(name, rows):
@@ -508,6 +510,7 @@ def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
         items = ds.train.subset(np.asarray(rows, dtype=np.int64)).items
         return {"selection": name, "users": int(len(rows)), "mean_length": float(lens.mean()),
                 "median_length": float(np.median(lens)),
+                "next_item_positions": int(np.maximum(lens - 1, 0).sum()),
                 "mean_log10_item_pop": float(np.log10(pop[items]).mean()) if len(items) else 0.0,
                 "distinct_items": int(len(np.unique(items))),
                 "distinct_items_share_of_pool": 0.0}
