@@ -305,6 +305,10 @@ def refine(C: np.ndarray, Ct: torch.Tensor, S: np.ndarray, *, max_iters: int = 1
                 accepted += 1
                 trace.append(res.cost)
                 improved = True
+                if accepted % 10 == 0:
+                    log.info("goracs refinement: %d of at most %d swaps, objective %.6g -> "
+                             "%.6g, %d exact OT evaluations, %.0f s", accepted, max_iters,
+                             start, res.cost, evals, time.perf_counter() - t0)
                 break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 break
@@ -313,6 +317,8 @@ def refine(C: np.ndarray, Ct: torch.Tensor, S: np.ndarray, *, max_iters: int = 1
                     and time.perf_counter() - t0 > max_seconds else
                     "no improving swap among the candidates")
             break
+    log.info("goracs refinement: %d swaps, objective %.6g -> %.6g, %d exact OT evaluations, "
+             "%.0f s (%s)", accepted, start, res.cost, evals, time.perf_counter() - t0, stop)
     return S, {"objective_start": start, "objective_final": res.cost,
                "swaps_accepted": accepted, "swaps_with_guaranteed_bound": int(guaranteed_used),
                "exact_evaluations": evals, "passes": passes, "stop_reason": stop,
@@ -377,9 +383,12 @@ class GORACS(Selector):
             except RuntimeError as e:  # out of device memory: run the passes on the CPU
                 log.warning("goracs: cost matrix does not fit on %s (%s); using the CPU", dev, e)
         t_cost = time.perf_counter() - t0
+        log.info("goracs: cost matrix %d x %d (%.2f GB) in %.0f s", C.shape[0], C.shape[1],
+                 C.nbytes / 1e9, t_cost)
         t0 = time.perf_counter()
         S = greedy_init(Ct, budget, chunk_elems=self.chunk_elems)
         t_greedy = time.perf_counter() - t0
+        log.info("goracs: greedy initialisation of %d rows in %.0f s", budget, t_greedy)
         t0 = time.perf_counter()
         greedy_rows = S.copy()
         if self.max_iters > 0:
