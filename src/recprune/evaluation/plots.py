@@ -115,8 +115,10 @@ def score_distributions(scores: pd.DataFrame, selections: dict[str, np.ndarray],
 
 
 def sweep(agg: pd.DataFrame, metric: str, pool_size: int, path: Path) -> Path:
-    """Metric vs selection ratio (budget / pool), one line per (method, backend)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    """The paper's Figure 5: ``metric`` (left) and fine-tuning wall time (right) vs selection
+    ratio (budget / pool), one line per (method, backend), with full-data fine-tuning and
+    most-popular as horizontal references."""
+    fig, (ax, axt) = plt.subplots(1, 2, figsize=(11, 4.2))
     sub = agg[(agg["budget"] != "") & (agg["method"] != "most-popular")]
     for (m, b), g in sub.groupby(["method", "backend"], sort=False):
         ratio = 100 * g["budget"].astype(float).to_numpy() / pool_size
@@ -124,12 +126,26 @@ def sweep(agg: pd.DataFrame, metric: str, pool_size: int, path: Path) -> Path:
         ax.errorbar(ratio[o], g[f"{metric}_mean"].to_numpy(dtype=float)[o],
                     yerr=np.nan_to_num(g[f"{metric}_std"].to_numpy(dtype=float))[o],
                     marker="o", capsize=3, label=f"{m} ({b})")
+        if "finetune_s_mean" in g:
+            axt.errorbar(ratio[o], g["finetune_s_mean"].to_numpy(dtype=float)[o] / 60,
+                         yerr=np.nan_to_num(g["finetune_s_std"].to_numpy(dtype=float))[o] / 60,
+                         marker="o", capsize=3, label=f"{m} ({b})")
     for _, r in agg[agg["method"].isin(["all", "most-popular"])].iterrows():
-        ax.axhline(float(r[f"{metric}_mean"]), ls="--" if r["method"] == "all" else ":",
-                   color="tab:green" if r["method"] == "all" else "tab:red",
-                   label=f"{r['method']} ({r['backend']})")
+        full = r["method"] == "all"
+        style = dict(ls="--" if full else ":", color="tab:green" if full else "tab:red",
+                     label=f"{r['method']} ({r['backend']})")
+        ax.axhline(float(r[f"{metric}_mean"]), **style)
+        if full and "finetune_s_mean" in r and np.isfinite(float(r["finetune_s_mean"])):
+            axt.axhline(float(r["finetune_s_mean"]) / 60, **style)
     ax.set_xlabel("selection ratio (% of the pool)")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
-    ax.set_title("Selection-ratio sweep")
+    ax.set_title("Accuracy")
+    axt.set_xlabel("selection ratio (% of the pool)")
+    axt.set_ylabel("fine-tuning wall time (min)")
+    if (sub.get("finetune_s_mean", pd.Series(dtype=float)) > 0).all() and len(sub):
+        axt.set_yscale("log")
+    axt.legend(fontsize=8)
+    axt.set_title("Fine-tuning cost")
+    fig.suptitle("Selection-ratio sweep")
     return _save(fig, path)
