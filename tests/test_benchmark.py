@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 import recprune.pipeline.benchmark as bm
+from recprune.evaluation import plots
 from recprune.cli import app
 from recprune.data import load_dataset
 from recprune.errors import ConfigError
@@ -101,11 +103,30 @@ def test_rerun_recomputes_nothing_and_new_seeds_only_add(ds, tmp_path, monkeypat
 
 
 def test_budget_sweep_fractions_and_plot(ds, tmp_path):
-    res = run_benchmark(_cfg(tmp_path, methods=("random",), budgets=(0.05, 24), seeds=1,
-                             popularity=False), dataset=ds, progress=False)
-    assert sorted(set(res.cells["n_train_users"])) == [12, 24]
+    cfg = _cfg(tmp_path, methods=("random", "all"), budgets=(0.05, 24), seeds=1,
+               popularity=False)
+    res = run_benchmark(cfg, dataset=ds, progress=False)
+    sizes = res.cells.loc[res.cells["method"] == "random", "n_train_users"]
+    assert sorted(sizes) == [12, 24]
     assert (tmp_path / "sweep.png").exists()
     assert (tmp_path / "table_b12.md").exists() and (tmp_path / "table_b24.md").exists()
+    # what the figure draws: the sweep's points at budget / pool, and the full-data reference
+    pool = int(res.table.loc[res.table["method"] == "all", "n_train_users"].iloc[0])
+    fig = plots.sweep_figure(res.table, cfg.metric, pool)
+    try:
+        ax, axt = fig.axes
+        rnd = res.table[res.table["method"] == "random"].sort_values("n_train_users")
+        (acc,), (cost,) = ([c.lines[0] for c in a.containers] for a in (ax, axt))
+        np.testing.assert_allclose(acc.get_xdata(), [100 * 12 / pool, 100 * 24 / pool])
+        np.testing.assert_allclose(acc.get_ydata(), rnd[f"{cfg.metric}_mean"])
+        np.testing.assert_allclose(cost.get_ydata(), rnd["finetune_s_mean"] / 60)
+        full = res.table[res.table["method"] == "all"].iloc[0]
+        hlines = [ln for ln in ax.lines if ln.get_label().startswith("all")]
+        assert len(hlines) == 1
+        np.testing.assert_allclose(hlines[0].get_ydata(), float(full[f"{cfg.metric}_mean"]))
+        assert [ln.get_label() for ln in axt.lines if ln.get_label().startswith("all")]
+    finally:
+        plt.close(fig)
 
 
 def test_resolve_budget():

@@ -118,6 +118,11 @@ def sweep(agg: pd.DataFrame, metric: str, pool_size: int, path: Path) -> Path:
     """The paper's Figure 5: ``metric`` (left) and fine-tuning wall time (right) vs selection
     ratio (budget / pool), one line per (method, backend), with full-data fine-tuning and
     most-popular as horizontal references."""
+    return _save(sweep_figure(agg, metric, pool_size), path)
+
+
+def sweep_figure(agg: pd.DataFrame, metric: str, pool_size: int):
+    """The figure :func:`sweep` writes (returned open, so that its data can be inspected)."""
     fig, (ax, axt) = plt.subplots(1, 2, figsize=(11, 4.2))
     sub = agg[(agg["budget"] != "") & (agg["method"] != "most-popular")]
     for (m, b), g in sub.groupby(["method", "backend"], sort=False):
@@ -147,4 +152,4 @@ def sweep(agg: pd.DataFrame, metric: str, pool_size: int, path: Path) -> Path:
     axt.legend(fontsize=8)
     axt.set_title("Fine-tuning cost")
     fig.suptitle("Selection-ratio sweep")
-    return _save(fig, path)
+    return fig
