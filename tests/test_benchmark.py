@@ -19,7 +19,7 @@ import recprune.pipeline.benchmark as bm
 from recprune.evaluation import plots
 from recprune.cli import app
 from recprune.data import load_dataset
-from recprune.errors import ConfigError
+from recprune.errors import ConfigError, RecpruneError
 from recprune.pipeline.benchmark import BenchmarkConfig, resolve_budget, run_benchmark
 
 CHEAP = {"surrogate": {"max_epochs": 2}, "influence": {"solver": "cg"}}
@@ -265,3 +265,30 @@ def test_coverage_counts_next_item_positions(ds):
         assert cov.loc[name, "users"] == len(r)
     assert cov.loc["a", "next_item_positions"] + cov.loc["b", "next_item_positions"] == \
         cov.loc["pool (full data)", "next_item_positions"]
+
+
+def test_finished_only_tabulates_what_is_done_and_computes_nothing(ds, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=("random", "el2n"))
+    with pytest.raises(RecpruneError, match="no finished cell"):
+        run_benchmark(cfg, dataset=ds, progress=False, finished_only=True)
+    run_benchmark(cfg, dataset=ds, progress=False)
+    # one cell of the grid lost its record: as if it were still running elsewhere
+    (tmp_path / "cells/b16/el2n/s1/pop/cell.json").unlink()
+    calls = []
+    for name in ("run_select", "run_finetune"):
+        monkeypatch.setattr(bm, name, lambda *a, **k: calls.append(1) / 0)
+    # a third seed of every method: selected nowhere yet
+    res = run_benchmark(_cfg(tmp_path, methods=("random", "el2n"), seeds=3), dataset=ds,
+                        progress=False, finished_only=True)
+    assert calls == []
+    got = sorted(map(tuple, res.cells[["method", "seed"]].to_numpy().tolist()))
+    assert got == [("el2n", 0), ("most-popular", 0), ("random", 0), ("random", 1)]
+    assert res.table.set_index("method").loc["el2n", "seeds"] == 1
+    md = (tmp_path / "table.md").read_text()
+    assert "| el2n (1/3 seeds) |" in md and "| random (2/3 seeds) |" in md
+    report = (tmp_path / "report.md").read_text()
+    assert "3 cell(s) of the grid are not finished" in report
+    for c in ("b16/el2n/s1/pop", "b16/el2n/s2/pop", "b16/random/s2/pop"):
+        assert f"`cells/{c}`" in report
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        run_benchmark(cfg, dataset=ds, progress=False, finished_only=True, shard=(0, 2))

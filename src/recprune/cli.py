@@ -518,6 +518,10 @@ def benchmark(
     ] = None,
     selections_only: Annotated[bool, typer.Option(
         help="Compute the shared scores and all selections, then stop.")] = False,
+    finished_only: Annotated[bool, typer.Option(
+        help="Select and fine-tune nothing: write the tables, plots and report of the cells "
+             "finished so far (an interim report; the report lists the missing cells).")
+    ] = False,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -554,7 +558,8 @@ def benchmark(
         except ValueError:
             raise RecpruneError(f"--shard must be i/n (e.g. 0/2), got {shard!r}") from None
         sh = (i, n)
-    res = run_benchmark(cfg, progress=not quiet, shard=sh, selections_only=selections_only)
+    res = run_benchmark(cfg, progress=not quiet, shard=sh, selections_only=selections_only,
+                        finished_only=finished_only)
     if res is None:
         console.print("done; run without --shard / --selections-only to write the tables")
         return

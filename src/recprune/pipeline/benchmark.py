@@ -234,8 +234,10 @@ def _grid(cfg: BenchmarkConfig, budgets: list[int]) -> list[Cell]:
 
 
 def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: Path,
-                 pool_rows: np.ndarray, progress: bool) -> tuple[np.ndarray, dict]:
-    """The cell's selected rows and selection timings (reused when already done)."""
+                 pool_rows: np.ndarray, progress: bool,
+                 compute: bool = True) -> tuple[np.ndarray, dict] | None:
+    """The cell's selected rows and selection timings (reused when already done; ``None`` when
+    not done and ``compute`` is false)."""
     if cell.method == FULL:
         return pool_rows, {}
     d = out / cell.path / "select"
@@ -257,6 +259,8 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
                 return np.asarray(meta["rows"], dtype=np.int64), meta["timings"]
         except (json.JSONDecodeError, KeyError):
             pass
+    if not compute:
+        return None
     res = run_select(scfg, dataset=ds, show_progress=progress)
     rows = np.sort(np.asarray(res.selection.rows, dtype=np.int64))
     timings = {k: float(v) for k, v in res.timings.items()}
@@ -266,7 +270,8 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
 
 def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = None,
                   progress: bool = True, shard: tuple[int, int] | None = None,
-                  selections_only: bool = False) -> BenchmarkResult | None:
+                  selections_only: bool = False,
+                  finished_only: bool = False) -> BenchmarkResult | None:
     """Run (or continue) the whole grid and write the tables, plots and report.
 
     ``selections_only``: compute the shared scores and every cell's selection, then stop (no
@@ -274,11 +279,17 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     (several processes can share a machine or machines share a directory once the scores are
     cached, e.g. after ``selections_only``); a sharded run writes no tables (``None`` is
     returned): run once more without ``shard`` to collect every finished cell.
+    ``finished_only``: select and fine-tune nothing; write the tables, plots and report of the
+    cells finished so far (an interim report of a grid still running elsewhere); the report lists the cells
+    still missing and the table marks methods with fewer seeds than ``cfg.seeds``.
     """
     if shard is not None:
         i, n = shard
         if n < 1 or not 0 <= i < n:
             raise ConfigError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    if finished_only and (shard is not None or selections_only):
+        raise ConfigError("finished_only writes the tables of finished cells; it cannot be "
+                          "combined with shard or selections_only")
     cfg.validate()
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
@@ -307,9 +318,14 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
         cells = cells[shard[0]::shard[1]]
     n_total = len(cells) * len(cfg.backends)
     k = 0
+    missing: list[str] = []
     for cell in cells:
         t0 = time.perf_counter()
-        rows, sel_timings = _select_cell(cfg, cell, ds, out, pool_rows, progress)
+        sel = _select_cell(cfg, cell, ds, out, pool_rows, progress, compute=not finished_only)
+        if sel is None:  # finished_only and not even selected yet
+            missing += [f"{cell.path}/{b}" for b in cfg.backends]
+            continue
+        rows, sel_timings = sel
         if selections_only:
             continue
         for backend in cfg.backends:
@@ -320,6 +336,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
                 opts.setdefault("device", cfg.device)
             ckey = _cell_key(cfg, ds, backend, opts, cell.seed, rows, ecommon)
             finished = _finished_cell(base, ckey)
+            if finished is None and finished_only:
+                missing.append(f"{cell.path}/{backend}")
+                continue
             if finished is not None:  # the cell's record: no model needed (e.g. a new machine)
                 fit, ev = finished
                 reused = True
@@ -349,7 +368,12 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
                 print(msg, flush=True)
     if shard is not None or selections_only:
         return None
-    return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets)
+    if finished_only and len(records) == int(cfg.popularity):
+        raise RecpruneError(f"{out}: no finished cell of this grid yet (nothing to tabulate)")
+    if missing:
+        log.info("%d of %d cells not finished yet (left out of the tables)", len(missing),
+                 n_total)
+    return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets, missing)
 
 
 CELL_RECORD = "cell.json"  # beside finetune/ and eval/: the finished cell's key and fit summary
@@ -494,6 +518,10 @@ def markdown_table(cfg: BenchmarkConfig, agg: pd.DataFrame, sig: pd.DataFrame,
                         txt += "*"
                 cells.append(txt)
         label = {FULL: "all (full data)", "most-popular": "most popular"}.get(meth, meth)
+        want = cfg.full_seeds if meth == FULL else cfg.seeds
+        have = sub.loc[sub["method"] == meth, "seeds"]
+        if meth != "most-popular" and len(have) and int(have.max()) < want:
+            label += f" ({int(have.max())}/{want} seeds)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -523,7 +551,8 @@ def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
 
 
 def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, records: list[dict],
-                  evals: dict, pool_rows: np.ndarray, budgets: list[int]) -> BenchmarkResult:
+                  evals: dict, pool_rows: np.ndarray, budgets: list[int],
+                  missing: list[str] | None = None) -> BenchmarkResult:
     from recprune.evaluation import plots
 
     cells = pd.DataFrame(records)
@@ -556,7 +585,7 @@ def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, recor
             scores, sels, out / "score_distributions.png")
     if len(budgets) > 1:
         pngs["sweep.png"] = plots.sweep(agg, cfg.metric, len(pool_rows), out / "sweep.png")
-    report = _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs)
+    report = _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs, missing or [])
     write_text(out / "report.md", report)
     for b in budgets:
         write_text(out / f"table_b{b}.md", markdown_table(cfg, agg, sig, b) + "\n")
@@ -595,7 +624,7 @@ def pool_scores(out: Path, budget=None, methods=None,
     return merged
 
 
-def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs) -> str:
+def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs, missing) -> str:
     lines = [f"# recprune benchmark on {ds.name}", "",
              f"Pool: {len(pool_rows)} training users"
              + ("" if cfg.pool is None else f" (seeded draw, pool seed {cfg.pool_seed})")
@@ -606,6 +635,10 @@ def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs) -> str:
              f"{list(cfg.backends)}. Mean ± std over seeds; best selection method per column in "
              f"bold; * = paired t-test p < 0.05 against {cfg.baseline} (per-user values averaged "
              f"over seeds).", ""]
+    if missing:
+        lines += [f"**Interim report: {len(missing)} cell(s) of the grid are not finished and "
+                  "are left out** (a method with fewer seeds than the grid's is marked "
+                  "'k/n seeds'): " + ", ".join(f"`{m}`" for m in missing), ""]
     for b in budgets:
         lines += [f"## Budget {b}", "", markdown_table(cfg, agg, sig, b), ""]
     if len(sig):
