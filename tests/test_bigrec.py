@@ -237,6 +237,9 @@ def test_resume_after_interruption_equals_uninterrupted_fit(ds, make, tmp_path, 
     again = make(epochs=3, patience=None)
     res = again.fit(ds, rows, out_dir=out, progress=False)
     assert res.stats["resumed_after_epoch"] == 1 and len(res.history) == 3
+    # the wall time is the whole fit's: epoch 1 ran in the interrupted process
+    assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
+                                        + res.history[0]["seconds"])
     got = lora_state(again)
     assert res.best_epoch == full.fit_result.best_epoch
     for k in want:
@@ -277,6 +280,8 @@ def test_resume_inside_an_epoch_equals_uninterrupted_fit(ds, make, tmp_path, mon
     again = make(checkpoint_minutes=1e-9, **opts)
     res = again.fit(ds, rows, out_dir=out, progress=False)
     assert len(res.history) == 2 and not (out / "partial").exists()
+    assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
+                                        + res.history[0]["seconds"] + part["seconds"])
     got = lora_state(again)
     for k in want:
         assert torch.allclose(got[k], want[k], atol=1e-6), k

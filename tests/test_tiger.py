@@ -305,6 +305,10 @@ def test_interrupted_fit_resumes_to_the_same_weights(ds, emb, tmp_path, monkeypa
     b = make(ds, emb, **opts)
     res = b.fit(ds, rows, out_dir=tmp_path, progress=False)
     assert res.stats["resumed_from_epoch"] == 1
+    # the wall time is the whole fit's: epoch 1 ran in the interrupted process
+    assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
+                                        + res.history[0]["seconds"])
+    assert res.seconds >= sum(h["seconds"] for h in res.history)
     assert [x["train_loss"] for x in res.history] == [x["train_loss"] for x in ref_res.history]
     for (n1, p1), (_, p2) in zip(ref.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(p1, p2), n1
@@ -342,6 +346,9 @@ def test_fit_interrupted_mid_epoch_resumes_bit_for_bit(ds, emb, tmp_path, monkey
     assert saved["epoch"] == 1 and 0 < saved["partial"]["batches"] < n_batches
     b = make(ds, emb, checkpoint_minutes=1e-9, **opts)
     res = b.fit(ds, rows, out_dir=tmp_path, progress=False)
+    assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
+                                        + res.history[0]["seconds"]
+                                        + saved["partial"]["seconds"])
     assert [x["train_loss"] for x in res.history] == [x["train_loss"] for x in ref_res.history]
     for (n1, p1), (_, p2) in zip(ref.model.state_dict().items(), b.model.state_dict().items()):
         assert torch.equal(p1, p2), n1

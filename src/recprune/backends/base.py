@@ -47,7 +47,10 @@ BACKENDS: Registry[Recommender] = Registry("backend")  # type: ignore[name-defin
 class FitResult:
     """What :meth:`Recommender.fit` did: one dict per epoch (``epoch``, ``train_loss``,
     ``valid_loss`` (or None), ``seconds``, ...), the epoch whose weights were kept, the wall
-    time, and throughput figures (e.g. ``tokens_per_s`` / ``examples_per_s``)."""
+    time, and throughput figures (e.g. ``tokens_per_s`` / ``examples_per_s``).
+
+    ``seconds`` is the wall time of the whole fit, also when it was resumed from a checkpoint:
+    see :func:`resumed_fit_seconds`."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
@@ -56,6 +59,16 @@ class FitResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resumed_fit_seconds(this_process: float, history: list[dict], resumed_epochs: int,
+                        partial_seconds: float = 0.0) -> float:
+    """Wall time of a fit that may have been resumed: this process's own time, plus the
+    recorded ``seconds`` of the ``resumed_epochs`` epochs that earlier processes finished, plus
+    ``partial_seconds`` an earlier process spent in the epoch this one continued mid-way.
+    (Time an interrupted process spent after its last checkpoint was lost and is not counted.)"""
+    return float(this_process + sum(float(h["seconds"]) for h in history[:resumed_epochs])
+                 + partial_seconds)
 
 
 class Recommender(ABC):

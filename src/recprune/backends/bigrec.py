@@ -111,7 +111,7 @@ import torch
 import torch.nn.functional as F
 
 from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_period, check_rows,
-                                    history_for, training_rows)
+                                    history_for, resumed_fit_seconds, training_rows)
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
@@ -853,6 +853,7 @@ class BigRec(Recommender):
                                info="")
             partial = (self._resume_partial(odir, fp, start_epoch, opt, sched)
                        if odir is not None and not stopped else None)
+            partial_s = float(partial["seconds"]) if partial is not None else 0.0
             for epoch in range(start_epoch, cfg.epochs):
                 if stopped:
                     break
@@ -940,7 +941,8 @@ class BigRec(Recommender):
             self._load_adapter_state(best_state)
         self._pm.eval()
         self.fitted = True
-        seconds = time.perf_counter() - t_start
+        this_process = time.perf_counter() - t_start
+        seconds = resumed_fit_seconds(this_process, history, start_epoch, partial_s)
         n_done = len(history) - start_epoch
         stats = {
             "n_train": int(ts.n), "n_valid": int(vts.n if vts is not None else 0),
@@ -952,6 +954,7 @@ class BigRec(Recommender):
             "padding_fraction": (padded / max(1, epoch_tokens * n_done)) if n_done else None,
             "share_prefix": bool(cfg.share_prefix), "steps_per_epoch": steps_per_epoch,
             "resumed_after_epoch": start_epoch or None, "stopped_early": stopped,
+            "seconds_this_process": this_process,
             "n_truncated": int(ts.n_truncated),
         }
         self.fit_result = FitResult(history=history, best_epoch=best_epoch, seconds=seconds,

@@ -80,7 +80,8 @@ import numpy as np
 import torch
 
 from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_period, check_rows,
-                                    exclude_and_pad, history_for, training_rows)
+                                    exclude_and_pad, history_for, resumed_fit_seconds,
+                                    training_rows)
 from recprune.backends.semantic_ids import (RQVAEConfig, item_embeddings, item_texts,
                                             semantic_ids, texts_digest)
 from recprune.data.dataset import InteractionDataset, Sequences
@@ -635,6 +636,7 @@ class Tiger(Recommender):
             task = prog.add_task("TIGER fit", total=1, info="")
             epoch = state["epoch"]
             partial = state.pop("partial", None)  # a mid-epoch checkpoint to continue from
+            partial_s = float(partial["seconds"]) if partial is not None else 0.0
             while not state["done"] and epoch < cfg.epochs:
                 epoch += 1
                 model.train()
@@ -718,9 +720,12 @@ class Tiger(Recommender):
                  "samples": cfg.samples, "device": str(device),
                  "n_params": int(sum(p.numel() for p in model.parameters())),
                  "resumed_from_epoch": resumed_from,
+                 "seconds_this_process": time.perf_counter() - t_start,
                  "semantic_ids": {k: v for k, v in self.sid_stats.items() if k != "texts_sha"}}
+        seconds = resumed_fit_seconds(stats["seconds_this_process"], state["history"],
+                                      resumed_from, partial_s)
         res = FitResult(history=copy.deepcopy(state["history"]), best_epoch=state["best_epoch"],
-                        seconds=time.perf_counter() - t_start, stats=stats)
+                        seconds=seconds, stats=stats)
         self.fit_summary = {"best_epoch": res.best_epoch, "history": res.history,
                             "n_examples": stats["n_examples"]}
         return res
