@@ -280,8 +280,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     cached, e.g. after ``selections_only``); a sharded run writes no tables (``None`` is
     returned): run once more without ``shard`` to collect every finished cell.
     ``finished_only``: select and fine-tune nothing; write the tables, plots and report of the
-    cells finished so far (an interim report of a grid still running elsewhere); the report lists the cells
-    still missing and the table marks methods with fewer seeds than ``cfg.seeds``.
+    cells finished so far (an interim report of a grid still running elsewhere); the report
+    lists the cells still missing and the table marks methods with fewer seeds than
+    ``cfg.seeds``.
     """
     if shard is not None:
         i, n = shard
