@@ -240,6 +240,7 @@ def test_resume_after_interruption_equals_uninterrupted_fit(ds, make, tmp_path, 
     # the wall time is the whole fit's: epoch 1 ran in the interrupted process
     assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
                                         + res.history[0]["seconds"])
+    assert res.seconds >= sum(h["seconds"] for h in res.history)
     got = lora_state(again)
     assert res.best_epoch == full.fit_result.best_epoch
     for k in want:

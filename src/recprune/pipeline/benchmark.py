@@ -369,7 +369,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
                 print(msg, flush=True)
     if shard is not None or selections_only:
         return None
-    if finished_only and len(records) == int(cfg.popularity):
+    if finished_only and len(missing) == n_total:  # no cell of the grid is finished
         raise RecpruneError(f"{out}: no finished cell of this grid yet (nothing to tabulate)")
     if missing:
         log.info("%d of %d cells not finished yet (left out of the tables)", len(missing),
