@@ -292,3 +292,36 @@ def test_finished_only_tabulates_what_is_done_and_computes_nothing(ds, tmp_path,
         assert f"`cells/{c}`" in report
     with pytest.raises(ConfigError, match="cannot be combined"):
         run_benchmark(cfg, dataset=ds, progress=False, finished_only=True, shard=(0, 2))
+
+
+def test_a_cell_locked_by_another_process_is_skipped_then_collected(ds, tmp_path, monkeypatch):
+    from recprune.utils.lock import DirLock
+
+    cfg = _cfg(tmp_path, methods=("random", "el2n"), seeds=2)
+    busy_cell = DirLock(tmp_path / "cells/b16/random/s1/pop")  # "another process" fine-tunes it
+    busy_sel = DirLock(tmp_path / "cells/b16/el2n/s0/select")  # and makes this selection
+    assert busy_cell.acquire() and busy_sel.acquire()
+    res = run_benchmark(cfg, dataset=ds, progress=False)
+    assert not (tmp_path / "cells/b16/random/s1/pop/cell.json").exists()
+    assert not (tmp_path / "cells/b16/el2n/s0/select/done.json").exists()
+    done = {(r.method, r.seed) for r in res.cells.itertuples() if r.method != "most-popular"}
+    assert done == {("random", 0), ("el2n", 1)}
+    report = (tmp_path / "report.md").read_text()
+    assert "2 cell(s) of the grid are not finished" in report
+    assert "b16/random/s1/pop" in report and "b16/el2n/s0/pop" in report
+    # the other process's cell finishes while this one runs: it is collected at the end
+    original = bm._backend_cell
+
+    def other_process_finishes_it(cfg_, ds_, out, cell, backend, *a, compute=True, **kw):
+        if compute and (cell.method, cell.seed) == ("random", 1):
+            original(cfg_, ds_, out, cell, backend, *a, compute=True, **kw)
+            return bm.BUSY
+        return original(cfg_, ds_, out, cell, backend, *a, compute=compute, **kw)
+
+    busy_cell.release()
+    busy_sel.release()
+    monkeypatch.setattr(bm, "_backend_cell", other_process_finishes_it)
+    res = run_benchmark(cfg, dataset=ds, progress=False)
+    done = {(r.method, r.seed) for r in res.cells.itertuples() if r.method != "most-popular"}
+    assert done == {("random", 0), ("random", 1), ("el2n", 0), ("el2n", 1)}
+    assert "not finished" not in (tmp_path / "report.md").read_text()

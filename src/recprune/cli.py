@@ -514,7 +514,9 @@ def benchmark(
              "only in selector options or --period can share one.")] = None,
     shard: Annotated[Optional[str], typer.Option(
         help="Process only every n-th cell, starting at i ('i/n'), to run n processes side "
-             "by side once scores are cached; then run once without --shard for the tables.")
+             "by side once scores are cached; then run once without --shard for the tables. "
+             "(Processes sharing OUT also skip cells another one is computing, so the same "
+             "command started twice splits the grid without --shard.)")
     ] = None,
     selections_only: Annotated[bool, typer.Option(
         help="Compute the shared scores and all selections, then stop.")] = False,

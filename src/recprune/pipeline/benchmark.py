@@ -26,6 +26,14 @@ configuration, so cells may be added (methods, seeds, budgets) to an existing ru
 A finished cell is recognised by ``cell.json`` + ``eval/`` alone, without its fine-tuned model: the
 small result files can be copied to another machine and the grid continued there.
 
+Several processes may work on one run directory at once: each cell's selection and each
+(cell, backend) fine-tune + evaluation holds a lock (``.lock``, an ``flock`` the system releases
+when its process dies) while it runs, and a process that meets a locked cell skips it. So the
+same command started twice on one machine shares the grid dynamically (``--shard i/n`` splits it
+statically instead); each run's tables hold the cells finished when it ends, and the last run to
+end collects them all. The shared score cache is not locked: make it once first
+(``selections_only``) before starting processes in parallel on a fresh directory.
+
 The significance test pairs users: each method's per-user metric is averaged over its seeds
 and compared with the baseline's per-user average on the same test users (paired t-test and
 Wilcoxon signed-rank, see :func:`recprune.evaluation.paired_test`).
@@ -53,6 +61,7 @@ from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_opti
 from recprune.pipeline.select import SelectConfig, _data_key, _hash, _pool_rows, run_select
 from recprune.selection import SELECTORS, get_selector
 from recprune.utils.io import atomic_path, write_json, write_text
+from recprune.utils.lock import DirLock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,7 @@ ABLATIONS = ("dealrec_no_influence", "dealrec_no_effort", "dealrec_greedy")
 ALIASES = {"paper": PAPER_METHODS, "ablations": ABLATIONS,
            "everything": PAPER_METHODS + ("goracs",) + ABLATIONS + (FULL,)}
 SHARED_STAGES_IGNORED = ("load_data", "select", "write")
+BUSY = object()  # a cell (or its selection) that another process holds the lock of
 
 
 def expand_methods(names) -> tuple[str, ...]:
@@ -235,9 +245,9 @@ def _grid(cfg: BenchmarkConfig, budgets: list[int]) -> list[Cell]:
 
 def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: Path,
                  pool_rows: np.ndarray, progress: bool,
-                 compute: bool = True) -> tuple[np.ndarray, dict] | None:
+                 compute: bool = True):
     """The cell's selected rows and selection timings (reused when already done; ``None`` when
-    not done and ``compute`` is false)."""
+    not done and ``compute`` is false; :data:`BUSY` when another process is selecting it)."""
     if cell.method == FULL:
         return pool_rows, {}
     d = out / cell.path / "select"
@@ -252,19 +262,31 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
         del sd["effort_cache"]
     key = _hash(sd)
     done = d / "done.json"
-    if done.exists():
+
+    def reuse():
         try:
             meta = json.loads(done.read_text())
             if meta.get("key") == key:
                 return np.asarray(meta["rows"], dtype=np.int64), meta["timings"]
-        except (json.JSONDecodeError, KeyError):
+        except (OSError, json.JSONDecodeError, KeyError):
             pass
-    if not compute:
         return None
-    res = run_select(scfg, dataset=ds, show_progress=progress)
-    rows = np.sort(np.asarray(res.selection.rows, dtype=np.int64))
-    timings = {k: float(v) for k, v in res.timings.items()}
-    write_json(done, {"key": key, "rows": rows.tolist(), "timings": timings})
+
+    if (found := reuse()) is not None or not compute:
+        return found
+    lock = DirLock(d)
+    if not lock.acquire():
+        log.info("%s is being computed by %s: skipped here", d, lock.holder())
+        return BUSY
+    try:
+        if (found := reuse()) is not None:  # finished while we looked
+            return found
+        res = run_select(scfg, dataset=ds, show_progress=progress)
+        rows = np.sort(np.asarray(res.selection.rows, dtype=np.int64))
+        timings = {k: float(v) for k, v in res.timings.items()}
+        write_json(done, {"key": key, "rows": rows.tolist(), "timings": timings})
+    finally:
+        lock.release()
     return rows, timings
 
 
@@ -320,9 +342,13 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     n_total = len(cells) * len(cfg.backends)
     k = 0
     missing: list[str] = []
+    busy: list[tuple[Cell, str | None]] = []  # (cell, backend or None = its selection) elsewhere
     for cell in cells:
         t0 = time.perf_counter()
         sel = _select_cell(cfg, cell, ds, out, pool_rows, progress, compute=not finished_only)
+        if sel is BUSY:
+            busy.append((cell, None))
+            continue
         if sel is None:  # finished_only and not even selected yet
             missing += [f"{cell.path}/{b}" for b in cfg.backends]
             continue
@@ -331,34 +357,17 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
             continue
         for backend in cfg.backends:
             k += 1
-            base = out / cell.path / backend
-            opts = dict(cfg.backend_options.get(backend, {}))
-            if cfg.device != "auto" and backend != "pop":
-                opts.setdefault("device", cfg.device)
-            ckey = _cell_key(cfg, ds, backend, opts, cell.seed, rows, ecommon)
-            finished = _finished_cell(base, ckey)
-            if finished is None and finished_only:
+            rec = _backend_cell(cfg, ds, out, cell, backend, rows, sel_timings, eval_rows,
+                                ecommon, progress, compute=not finished_only)
+            if rec is BUSY:
+                busy.append((cell, backend))
+                continue
+            if rec is None:
                 missing.append(f"{cell.path}/{backend}")
                 continue
-            if finished is not None:  # the cell's record: no model needed (e.g. a new machine)
-                fit, ev = finished
-                reused = True
-            else:
-                ft = run_finetune(FinetuneConfig(data=cfg.data, out=str(base / "finetune"),
-                                                 backend=backend, backend_options=opts,
-                                                 seed=cell.seed, trust_pickle=cfg.trust_pickle),
-                                  dataset=ds, rows=rows, progress=progress)
-                ev = run_evaluate(EvaluateConfig(out=str(base / "eval"),
-                                                 model=str(base / "finetune"), **ecommon),
-                                  dataset=ds, backend=ft.backend, progress=progress)
-                fit, reused = ft.fit, ft.reused
-            if not np.array_equal(ev.rows, eval_rows):
-                raise RecpruneError(f"{base / 'eval'} evaluated other users than this benchmark")
-            if finished is None:
-                write_json(base / CELL_RECORD, {"key": ckey, "fit": fit.to_dict()})
+            record, ev, fit, reused = rec
             evals[(cell.budget, cell.method, cell.seed, backend)] = ev
-            records.append(_record(cell.budget, cell.method, cell.seed, backend, len(rows),
-                                   sel_timings, fit, ev))
+            records.append(record)
             m = ev.summary()[cfg.metric]["mean"]
             msg = (f"[{k}/{n_total}] {cell.method} budget {cell.budget or 'all'} seed "
                    f"{cell.seed} -> {backend}: {cfg.metric} {m:.4f} (fine-tune "
@@ -367,6 +376,24 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
             log.info(msg)
             if progress:
                 print(msg, flush=True)
+    # cells that other processes were computing: take those that have finished meanwhile
+    for cell, backend in busy:
+        sel = _select_cell(cfg, cell, ds, out, pool_rows, progress, compute=False)
+        backends = cfg.backends if backend is None else (backend,)
+        for b in backends:
+            rec = None
+            if sel is not None and sel is not BUSY and not selections_only:
+                rec = _backend_cell(cfg, ds, out, cell, b, *sel, eval_rows, ecommon, progress,
+                                    compute=False)
+            if rec is None or rec is BUSY:
+                missing.append(f"{cell.path}/{b}")
+                continue
+            evals[(cell.budget, cell.method, cell.seed, b)] = rec[1]
+            records.append(rec[0])
+    if busy:
+        log.warning("%d cell(s) were being computed by other processes sharing %s; they are "
+                    "left out unless they finished meanwhile: run again to collect them",
+                    len(busy), out)
     if shard is not None or selections_only:
         return None
     if finished_only and len(missing) == n_total:  # no cell of the grid is finished
@@ -375,6 +402,54 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
         log.info("%d of %d cells not finished yet (left out of the tables)", len(missing),
                  n_total)
     return write_outputs(cfg, ds, out, records, evals, pool_rows, budgets, missing)
+
+
+def _backend_cell(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, cell: Cell,
+                  backend: str, rows: np.ndarray, sel_timings: dict, eval_rows: np.ndarray,
+                  ecommon: dict, progress: bool, compute: bool = True):
+    """Fine-tune and evaluate one (cell, backend), or reuse its finished record.
+
+    Returns ``(record, eval result, fit result, reused)``; ``None`` when it is not finished and
+    ``compute`` is false; :data:`BUSY` when another process holds its lock (it is computing
+    the cell now)."""
+    base = out / cell.path / backend
+    opts = dict(cfg.backend_options.get(backend, {}))
+    if cfg.device != "auto" and backend != "pop":
+        opts.setdefault("device", cfg.device)
+    ckey = _cell_key(cfg, ds, backend, opts, cell.seed, rows, ecommon)
+    finished = _finished_cell(base, ckey)
+    lock = None
+    if finished is None:
+        if not compute:
+            return None
+        lock = DirLock(base)
+        if not lock.acquire():
+            log.info("%s is being computed by %s: skipped here", base, lock.holder())
+            return BUSY
+        finished = _finished_cell(base, ckey)  # finished while we waited for the lock
+    try:
+        if finished is not None:  # the cell's record: no model needed (e.g. a new machine)
+            fit, ev = finished
+            reused = True
+        else:
+            ft = run_finetune(FinetuneConfig(data=cfg.data, out=str(base / "finetune"),
+                                             backend=backend, backend_options=opts,
+                                             seed=cell.seed, trust_pickle=cfg.trust_pickle),
+                              dataset=ds, rows=rows, progress=progress)
+            ev = run_evaluate(EvaluateConfig(out=str(base / "eval"),
+                                             model=str(base / "finetune"), **ecommon),
+                              dataset=ds, backend=ft.backend, progress=progress)
+            fit, reused = ft.fit, ft.reused
+        if not np.array_equal(ev.rows, eval_rows):
+            raise RecpruneError(f"{base / 'eval'} evaluated other users than this benchmark")
+        if lock is not None and finished is None:
+            write_json(base / CELL_RECORD, {"key": ckey, "fit": fit.to_dict()})
+    finally:
+        if lock is not None:
+            lock.release()
+    record = _record(cell.budget, cell.method, cell.seed, backend, len(rows), sel_timings, fit,
+                     ev)
+    return record, ev, fit, reused
 
 
 CELL_RECORD = "cell.json"  # beside finetune/ and eval/: the finished cell's key and fit summary
