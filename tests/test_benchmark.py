@@ -325,3 +325,23 @@ def test_a_cell_locked_by_another_process_is_skipped_then_collected(ds, tmp_path
     done = {(r.method, r.seed) for r in res.cells.itertuples() if r.method != "most-popular"}
     assert done == {("random", 0), ("random", 1), ("el2n", 0), ("el2n", 1)}
     assert "not finished" not in (tmp_path / "report.md").read_text()
+
+
+def test_interrupted_cells_resume_before_new_ones(ds, tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, methods=("random", "el2n"), seeds=2)
+    ckpt = tmp_path / "cells/b16/el2n/s1/pop/finetune/checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "fit.pt").write_bytes(b"")  # an earlier process stopped in this cell's fine-tune
+    order = []
+    original = bm._backend_cell
+
+    def record(cfg_, ds_, out, cell, backend, *a, **kw):
+        order.append((cell.method, cell.seed))
+        return original(cfg_, ds_, out, cell, backend, *a, **kw)
+
+    monkeypatch.setattr(bm, "_backend_cell", record)
+    run_benchmark(cfg, dataset=ds, progress=False)
+    assert order == [("el2n", 1), ("random", 0), ("random", 1), ("el2n", 0)]
+    order.clear()
+    run_benchmark(cfg, dataset=ds, progress=False)  # all finished: the grid's own order again
+    assert order == [("random", 0), ("random", 1), ("el2n", 0), ("el2n", 1)]

@@ -31,7 +31,8 @@ Several processes may work on one run directory at once: each cell's selection a
 when its process dies) while it runs, and a process that meets a locked cell skips it. So the
 same command started twice on one machine shares the grid dynamically (``--shard i/n`` splits it
 statically instead); each run's tables hold the cells finished when it ends, and the last run to
-end collects them all. The shared score cache is not locked: make it once first
+end collects them all. Cells whose fine-tuning was interrupted (checkpoints, no ``cell.json``) are
+taken first, so each process resumes half-done work before it starts new cells. The shared score cache is not locked: make it once first
 (``selections_only``) before starting processes in parallel on a fresh directory.
 
 The significance test pairs users: each method's per-user metric is averaged over its seeds
@@ -339,6 +340,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     cells = _grid(cfg, budgets)
     if shard is not None:
         cells = cells[shard[0]::shard[1]]
+    # interrupted fine-tunes first, so that processes sharing the grid resume them before
+    # starting new cells (at most one half-done cell per process at any time)
+    cells.sort(key=lambda c: not _interrupted(out, c, cfg.backends))
     n_total = len(cells) * len(cfg.backends)
     k = 0
     missing: list[str] = []
@@ -453,6 +457,16 @@ def _backend_cell(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, cell:
 
 
 CELL_RECORD = "cell.json"  # beside finetune/ and eval/: the finished cell's key and fit summary
+
+
+def _interrupted(out: Path, cell: Cell, backends) -> bool:
+    """Whether a fine-tune of ``cell`` stopped partway (checkpoints but no cell record)."""
+    for b in backends:
+        base = out / cell.path / b
+        ckpt = base / "finetune" / "checkpoints"
+        if not (base / CELL_RECORD).exists() and ckpt.is_dir() and any(ckpt.iterdir()):
+            return True
+    return False
 
 
 def _cell_key(cfg: BenchmarkConfig, ds: InteractionDataset, backend: str, opts: dict, seed: int,
