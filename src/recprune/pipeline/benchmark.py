@@ -32,8 +32,9 @@ when its process dies) while it runs, and a process that meets a locked cell ski
 same command started twice on one machine shares the grid dynamically (``--shard i/n`` splits it
 statically instead); each run's tables hold the cells finished when it ends, and the last run to
 end collects them all. Cells whose fine-tuning was interrupted (checkpoints, no ``cell.json``) are
-taken first, so each process resumes half-done work before it starts new cells. The shared score cache is not locked: make it once first
-(``selections_only``) before starting processes in parallel on a fresh directory.
+taken first, so each process resumes half-done work before it starts new cells. The shared
+score cache is not locked: make it once first (``selections_only``) before starting processes
+in parallel on a fresh directory.
 
 The significance test pairs users: each method's per-user metric is averaged over its seeds
 and compared with the baseline's per-user average on the same test users (paired t-test and
