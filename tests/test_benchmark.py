@@ -263,6 +263,9 @@ def test_coverage_counts_next_item_positions(ds):
         # one training example per next-item position: n - 1 per user of n training items
         assert cov.loc[name, "next_item_positions"] == sum(max(int(lens[i]) - 1, 0) for i in r)
         assert cov.loc[name, "users"] == len(r)
+        active = [i for i in r if len(ds.valid[int(i)]) > 0]
+        assert cov.loc[name, "active_in_valid"] == pytest.approx(len(active) / len(r))
+    assert 0 < cov.loc["pool (full data)", "active_in_valid"] < 1  # the check can tell
     assert cov.loc["a", "next_item_positions"] + cov.loc["b", "next_item_positions"] == \
         cov.loc["pool (full data)", "next_item_positions"]
 

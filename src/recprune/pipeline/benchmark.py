@@ -621,7 +621,10 @@ def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
                    selections: dict[str, np.ndarray]) -> pd.DataFrame:
     """How each selection covers the pool: sequence lengths, item popularity, distinct items, and
     ``next_item_positions`` (sum over users of training length - 1: the training examples of a
-    backend that learns from every next-item position, as TIGER does by default)."""
+    backend that learns from every next-item position, as TIGER does by default) and
+    ``active_in_valid`` (the share of users with interactions in the validation period, i.e.
+    still active after the training period; a validation-matching selector such as GORACS
+    prefers them)."""
     pop = np.bincount(ds.train.items, minlength=ds.n_items + 1).astype(np.float64)
 
     def stats(name, rows):
@@ -632,6 +635,8 @@ def coverage_stats(ds: InteractionDataset, pool_rows: np.ndarray,
                 "next_item_positions": int(np.maximum(lens - 1, 0).sum()),
                 "mean_log10_item_pop": float(np.log10(pop[items]).mean()) if len(items) else 0.0,
                 "distinct_items": int(len(np.unique(items))),
+                "active_in_valid": float((ds.valid.lengths[rows] > 0).mean()) if len(rows)
+                else 0.0,
                 "distinct_items_share_of_pool": 0.0}
 
     out = [stats("pool (full data)", pool_rows)]
@@ -758,7 +763,9 @@ def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs, missing) ->
         lines += ["", "Shared stages (computed once, cached in `cache/`): "
                   + ", ".join(f"{k} {v:.0f} s" for k, v in shared.items()), ""]
     lines += ["", "## Coverage of the selections (seed 0)", "",
-              _md(cov), ""]
+              "`next_item_positions`: training examples of a backend that learns every "
+              "next-item position (TIGER); `active_in_valid`: share of the users with "
+              "interactions in the validation period.", "", _md(cov), ""]
     for name in pngs:
         lines += [f"![{name}]({name})", ""]
     return "\n".join(lines)
