@@ -44,7 +44,8 @@ def main() -> None:
             f"test users | {args.metric} other test users | {args.metric} all |")
     print(head)
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for budget_dir in sorted(run.glob("cells/b*")):
+    budget_dirs = sorted(run.glob("cells/b*"))
+    for budget_dir in budget_dirs:
         for method in cfg["methods"]:
             rows = []
             for seed_dir in sorted((budget_dir / method).glob("s*")):
@@ -62,8 +63,7 @@ def main() -> None:
             if not rows:
                 continue
             a = np.asarray(rows, dtype=np.float64)
-            label = method if len(list(run.glob("cells/b*"))) == 1 else \
-                f"{method} ({budget_dir.name})"
+            label = method if len(budget_dirs) == 1 else f"{method} ({budget_dir.name})"
             print(f"| {label} | {len(rows)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.1f} / "
                   f"{len(ev.rows)} | {np.nanmean(a[:, 2]):.4f} | {a[:, 3].mean():.4f} | "
                   f"{a[:, 4].mean():.4f} |")

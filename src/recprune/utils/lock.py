@@ -1,10 +1,10 @@
 """Advisory per-directory locks, so that several processes can share one run directory.
 
-A :class:`DirLock` is an ``flock`` on a small ``.lock`` file: the operating system releases it
-when its process ends, however it ends, so a crashed job never leaves a stale lock behind. The
-file itself stays (it holds the last holder's host and pid, for messages) and is harmless.
-Where ``fcntl`` is unavailable (Windows) locking is a no-op: processes there must not share a
-run directory except through disjoint ``--shard``s.
+A :class:`DirLock` wraps :class:`filelock.FileLock` (an ``flock`` on POSIX, ``msvcrt`` locking on
+Windows) on a small ``.lock`` file: the operating system releases it when its process ends,
+however it ends, so a crashed job never leaves a stale lock behind. Beside it, ``.lock.holder``
+records the current holder's host, pid and start time, only so that a process that is refused
+can say who holds the directory; it is informative, never consulted for the locking itself.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-try:  # POSIX only
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from filelock import FileLock, Timeout
 
 
 class DirLock:
@@ -26,47 +23,44 @@ class DirLock:
 
     ``acquire()`` returns ``True`` when this process now holds the lock, ``False`` when another
     process (or another ``DirLock`` object of this process) holds it; :meth:`holder` then
-    describes the holder. Use as ``with lock:`` only after a successful ``acquire()``.
+    describes the holder. Use as ``with lock:`` only after a successful ``acquire()``, or
+    directly, in which case a held lock raises ``RuntimeError`` naming its holder.
     """
 
     def __init__(self, directory: str | Path, name: str = ".lock") -> None:
         self.path = Path(directory) / name
-        self._fd: int | None = None
+        self.holder_path = self.path.with_name(self.path.name + ".holder")
+        # thread_local=False: the lock belongs to the process (a cell may be finished from a
+        # worker thread); timeout=0: never wait, a busy directory is skipped, not queued for.
+        self._lock = FileLock(self.path, timeout=0, thread_local=False)
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock.is_locked
 
     def acquire(self) -> bool:
-        if self._fd is not None:
+        if self._lock.is_locked:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held elsewhere (BlockingIOError), or not lockable here
-                os.close(fd)
-                return False
-        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                           "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info.encode(), 0)
-        self._fd = fd
+        try:
+            self._lock.acquire()
+        except Timeout:
+            return False
+        info = {"host": socket.gethostname(), "pid": os.getpid(),
+                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = self.holder_path.with_name(f"{self.holder_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.holder_path)
         return True
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        if self._lock.is_locked:
+            self._lock.release(force=True)
 
     def holder(self) -> str:
         """``"pid P on HOST since T"`` of the process that last took the lock, if recorded."""
         try:
-            info = json.loads(self.path.read_text())
+            info = json.loads(self.holder_path.read_text())
             return f"pid {info['pid']} on {info['host']} since {info['since']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
