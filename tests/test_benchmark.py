@@ -102,6 +102,39 @@ def test_rerun_recomputes_nothing_and_new_seeds_only_add(ds, tmp_path, monkeypat
         assert new[k] == old[k]
 
 
+def test_changed_cell_settings_in_a_run_directory_are_refused(ds, tmp_path, monkeypatch):
+    """Continuing a run with a forgotten option must not silently recompute (or mix) its cells:
+    settings the cells depend on are compared with OUT/config.json before any work."""
+    opts = {**CHEAP, "effort_cache": "elsewhere/effort"}
+    (tmp_path / "config.json").write_text(json.dumps(_cfg(tmp_path, select_options=opts).to_dict()))
+    # extending the grid (methods, seeds, budgets, backends) or reading it differently is fine
+    same = _cfg(tmp_path, select_options=opts, methods=("random", "ccs"), seeds=5, budgets=(8, 16),
+                table_metrics=("recall@10",))
+    assert bm.changed_settings(tmp_path, same) == {}
+    # a dropped option, another test subset: named, with both values, and nothing is computed
+    monkeypatch.setattr(bm, "run_select", lambda *a, **k: pytest.fail("selected"))
+    bad = _cfg(tmp_path, eval_users=60)
+    assert bm.changed_settings(tmp_path, bad) == {
+        "eval_users": (50, 60), "select_options.effort_cache": ("elsewhere/effort", None)}
+    with pytest.raises(ConfigError, match=r"(?s)eval_users: 50 -> 60.*effort_cache: "
+                                          r"\"elsewhere/effort\" -> null.*--recompute"):
+        run_benchmark(bad, dataset=ds, progress=False)
+    r = CliRunner().invoke(app, ["benchmark", "--data", "synthetic:240", "--out", str(tmp_path),
+                                 "--methods", "random", "--backends", "pop", "--budget", "16",
+                                 "--eval-users", "60", "--quiet"])
+    assert r.exit_code != 0 and "eval_users: 50 -> 60" in r.output and "Traceback" not in r.output
+    # fields an older config.json lacks count as their defaults
+    old = json.loads((tmp_path / "config.json").read_text())
+    del old["cache_dir"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert bm.changed_settings(tmp_path, same) == {}
+    # --recompute: the run proceeds and records the new settings
+    monkeypatch.undo()
+    run_benchmark(bad, dataset=ds, progress=False, recompute=True)
+    assert json.loads((tmp_path / "config.json").read_text())["eval_users"] == 60
+    assert bm.changed_settings(tmp_path, bad) == {}
+
+
 def test_budget_sweep_fractions_and_plot(ds, tmp_path):
     cfg = _cfg(tmp_path, methods=("random", "all"), budgets=(0.05, 24), seeds=1,
                popularity=False)

@@ -524,6 +524,11 @@ def benchmark(
         help="Select and fine-tune nothing: write the tables, plots and report of the cells "
              "finished so far (an interim report; the report lists the missing cells).")
     ] = False,
+    recompute: Annotated[bool, typer.Option(
+        help="Continue in OUT although its config.json was written with other settings that "
+             "the cells depend on (data, pool, test users, selector or backend options...): "
+             "the cells those settings change are recomputed. Without it that is an error.")
+    ] = False,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -561,7 +566,7 @@ def benchmark(
             raise RecpruneError(f"--shard must be i/n (e.g. 0/2), got {shard!r}") from None
         sh = (i, n)
     res = run_benchmark(cfg, progress=not quiet, shard=sh, selections_only=selections_only,
-                        finished_only=finished_only)
+                        finished_only=finished_only, recompute=recompute)
     if res is None:
         console.print("done; run without --shard / --selections-only to write the tables")
         return

@@ -292,10 +292,60 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
     return rows, timings
 
 
+# Settings that only choose which cells exist or how the tables look: changing them between two
+# runs in one directory extends or re-reads the grid. Every other field enters the cells' keys,
+# so a change would make the finished cells stale.
+_GRID_FIELDS = frozenset({"out", "methods", "backends", "budgets", "seeds", "full_seeds",
+                          "table_metrics", "metric", "baseline", "popularity"})
+
+
+def changed_settings(out: str | Path, cfg: BenchmarkConfig) -> dict[str, tuple]:
+    """``{field: (in OUT/config.json, now)}`` for each setting that differs from the one the run
+    directory was made with and that its cells depend on (empty for a new directory).
+
+    Fields missing from an older ``config.json`` count as their defaults.
+    """
+    path = Path(out) / "config.json"
+    try:
+        before = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable benchmark configuration ({e}); remove it or use "
+                          f"another --out") from None
+    if not isinstance(before, dict):
+        raise ConfigError(f"{path}: not a benchmark configuration (a JSON object)")
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as stored
+    defaults = json.loads(json.dumps(BenchmarkConfig(data="", out="").to_dict()))
+    diff: dict[str, tuple] = {}
+
+    def walk(name, a, b):  # dotted names down into option dictionaries
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(f"{name}.{k}", a.get(k), b.get(k))
+        elif a != b:
+            diff[name] = (a, b)
+
+    for k, v in now.items():
+        if k not in _GRID_FIELDS:
+            walk(k, before.get(k, defaults[k]), v)
+    return diff
+
+
+def _check_settings(out: Path, cfg: BenchmarkConfig) -> None:
+    diff = changed_settings(out, cfg)
+    if diff:
+        lines = "\n".join(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in diff.items())
+        raise ConfigError(
+            f"{out}/config.json was written with other settings, which its finished cells depend "
+            f"on:\n{lines}\nrepeat the original options to continue that run, use another "
+            f"--out, or pass --recompute to recompute the cells these settings change")
+
+
 def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = None,
                   progress: bool = True, shard: tuple[int, int] | None = None,
-                  selections_only: bool = False,
-                  finished_only: bool = False) -> BenchmarkResult | None:
+                  selections_only: bool = False, finished_only: bool = False,
+                  recompute: bool = False) -> BenchmarkResult | None:
     """Run (or continue) the whole grid and write the tables, plots and report.
 
     ``selections_only``: compute the shared scores and every cell's selection, then stop (no
@@ -307,6 +357,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     cells finished so far (an interim report of a grid still running elsewhere); the report
     lists the cells still missing and the table marks methods with fewer seeds than
     ``cfg.seeds``.
+    ``recompute``: proceed although OUT/config.json was written with other settings that the
+    cells depend on (see :func:`changed_settings`); otherwise that is a ``ConfigError``, so
+    that a forgotten option never silently recomputes (or ignores) finished work.
     """
     if shard is not None:
         i, n = shard
@@ -320,6 +373,8 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
     cfg.validate(ds.n_users)
     out = Path(cfg.out)
+    if not recompute:
+        _check_settings(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
     pool_rows = _pool_rows(ds, cfg.pool, cfg.pool_seed)
