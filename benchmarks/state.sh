@@ -8,14 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MIRROR=benchmarks/results/state
 # what is worth keeping and small (every file well under 2 MB): evaluation chunks and finished
-# evaluations, finished grid cells (cell.json + eval/), the grids' score arrays and selections.
+# evaluations, finished grid cells (cell.json + eval/), the grids' score arrays and selections,
+# and each grid's config.json (so a continuation with other cell settings is refused there too).
 # Model checkpoints (surrogate, fine-tuned models, optimiser state) are larger and are
 # recomputed instead; a finished grid cell does not need its model again (see cell.json).
 PATTERNS=(
   "bench_llm/*/*/eval*/partial/*/chunk_*.npz"
   "bench_llm/*/*/eval*/*.json" "bench_llm/*/*/eval*/*.csv" "bench_llm/*/*/eval*/*.jsonl"
   "bench_llm/*/*/eval*/ranked.npy" "bench_llm/*/*/finetune/fit.json"
-  "bench-*/cache/scores/**"
+  "bench-*/config.json" "bench-*/cache/scores/**"
   "bench-*/cells/**/select/done.json" "bench-*/cells/**/select/selected_users.txt"
   "bench-*/cells/*/*/s0/select/scores.csv"
   "bench-*/cells/**/cell.json" "bench-*/cells/**/eval/*.json" "bench-*/cells/**/eval/*.csv"

@@ -111,7 +111,8 @@ def test_changed_cell_settings_in_a_run_directory_are_refused(ds, tmp_path, monk
     same = _cfg(tmp_path, select_options=opts, methods=("random", "ccs"), seeds=5, budgets=(8, 16),
                 table_metrics=("recall@10",))
     assert bm.changed_settings(tmp_path, same) == {}
-    # a dropped option, another test subset: named, with both values, and nothing is computed
+    # a dropped option, another test subset: named, with both values, before the data is even
+    # loaded, and nothing is computed
     monkeypatch.setattr(bm, "run_select", lambda *a, **k: pytest.fail("selected"))
     bad = _cfg(tmp_path, eval_users=60)
     assert bm.changed_settings(tmp_path, bad) == {
@@ -119,6 +120,7 @@ def test_changed_cell_settings_in_a_run_directory_are_refused(ds, tmp_path, monk
     with pytest.raises(ConfigError, match=r"(?s)eval_users: 50 -> 60.*effort_cache: "
                                           r"\"elsewhere/effort\" -> null.*--recompute"):
         run_benchmark(bad, dataset=ds, progress=False)
+    monkeypatch.setattr(bm, "load_dataset", lambda *a, **k: pytest.fail("data loaded first"))
     r = CliRunner().invoke(app, ["benchmark", "--data", "synthetic:240", "--out", str(tmp_path),
                                  "--methods", "random", "--backends", "pop", "--budget", "16",
                                  "--eval-users", "60", "--quiet"])

@@ -369,12 +369,12 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
         raise ConfigError("finished_only writes the tables of finished cells; it cannot be "
                           "combined with shard or selections_only")
     cfg.validate()
+    if not recompute:
+        _check_settings(Path(cfg.out), cfg)
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
     cfg.validate(ds.n_users)
     out = Path(cfg.out)
-    if not recompute:
-        _check_settings(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
     pool_rows = _pool_rows(ds, cfg.pool, cfg.pool_seed)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from recprune.utils.io import write_json
+
 
 class DirLock:
     """Non-blocking exclusive lock on ``directory / name``.
@@ -30,8 +32,8 @@ class DirLock:
     def __init__(self, directory: str | Path, name: str = ".lock") -> None:
         self.path = Path(directory) / name
         self.holder_path = self.path.with_name(self.path.name + ".holder")
-        # thread_local=False: the lock belongs to the process (a cell may be finished from a
-        # worker thread); timeout=0: never wait, a busy directory is skipped, not queued for.
+        # thread_local=False: the lock belongs to the process, not to the thread that took it;
+        # timeout=0: never wait, a busy directory is skipped, not queued for.
         self._lock = FileLock(self.path, timeout=0, thread_local=False)
 
     @property
@@ -46,11 +48,8 @@ class DirLock:
             self._lock.acquire()
         except Timeout:
             return False
-        info = {"host": socket.gethostname(), "pid": os.getpid(),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = self.holder_path.with_name(f"{self.holder_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.holder_path)
+        write_json(self.holder_path, {"host": socket.gethostname(), "pid": os.getpid(),
+                                      "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         return True
 
     def release(self) -> None:
