@@ -727,13 +727,15 @@ def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, recor
     with atomic_path(out / "coverage.csv") as tmp:
         cov.to_csv(tmp, index=False)
     pngs = {}
+    colors = plots.method_colors(m for m in cfg.methods if m != FULL)
     pngs["metric_by_method.png"] = plots.metric_by_method(
-        agg, cfg.metric, out / "metric_by_method.png", budgets[0] if budgets else "")
-    pngs["coverage.png"] = plots.coverage(ds, pool_rows, sels, out / "coverage.png")
+        agg, cfg.metric, out / "metric_by_method.png", budgets[0] if budgets else "", cells,
+        colors)
+    pngs["coverage.png"] = plots.coverage(ds, pool_rows, sels, out / "coverage.png", colors)
     scores = pool_scores(out, budgets[0] if budgets else None, cfg.methods)
     if scores is not None and len(scores.columns) > 2:
         pngs["score_distributions.png"] = plots.score_distributions(
-            scores, sels, out / "score_distributions.png")
+            scores, sels, out / "score_distributions.png", colors=colors)
     if len(budgets) > 1:
         pngs["sweep.png"] = plots.sweep(agg, cfg.metric, len(pool_rows), out / "sweep.png")
     report = _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs, missing or [])
