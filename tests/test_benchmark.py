@@ -20,7 +20,8 @@ from recprune.evaluation import plots
 from recprune.cli import app
 from recprune.data import load_dataset
 from recprune.errors import ConfigError, RecpruneError
-from recprune.pipeline.benchmark import BenchmarkConfig, resolve_budget, run_benchmark
+from recprune.pipeline.benchmark import (BenchmarkConfig, pool_scores, resolve_budget,
+                                         run_benchmark)
 
 CHEAP = {"surrogate": {"max_epochs": 2}, "influence": {"solver": "cg"}}
 
@@ -383,3 +384,22 @@ def test_interrupted_cells_resume_before_new_ones(ds, tmp_path, monkeypatch):
     order.clear()
     run_benchmark(cfg, dataset=ds, progress=False)  # all finished: the grid's own order again
     assert order == [("random", 0), ("random", 1), ("el2n", 0), ("el2n", 1)]
+
+
+def test_pool_scores_merges_the_scores_and_leaves_out_selector_labels(tmp_path):
+    def write(method, df):
+        d = tmp_path / f"cells/b8/{method}/s0/select"
+        d.mkdir(parents=True)
+        df.to_csv(d / "scores.csv", index=False)
+
+    rows = np.arange(5)
+    write("ccs", pd.DataFrame({"user_id": rows + 100, "row": rows, "n_train": rows + 1,
+                               "el2n": rows / 10, "stratum": [0, 0, 1, 1, -1],
+                               "selected": [True, False] * 2 + [True]}))
+    write("goracs", pd.DataFrame({"user_id": rows + 100, "row": rows, "n_train": rows + 1,
+                                  "effort": rows * 2.0, "goracs_greedy": [1, 0, 0, 1, 0],
+                                  "selected": [False] * 5}))
+    got = pool_scores(tmp_path, 8, ("ccs", "goracs", "random"))
+    assert list(got.columns) == ["row", "el2n", "effort"]
+    np.testing.assert_allclose(got["effort"], rows * 2.0)
+    assert pool_scores(tmp_path, 8, ("ccs",), exclude=("el2n",)).columns.tolist() == ["row"]

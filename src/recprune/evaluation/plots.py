@@ -145,6 +145,7 @@ def score_distributions(scores: pd.DataFrame, selections: dict[str, np.ndarray],
                         color=colors[name])
         ax.set_title(c)
         ax.set_yscale("log")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     axes.ravel()[0].legend(fontsize=7)

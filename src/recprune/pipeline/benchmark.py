@@ -749,8 +749,12 @@ def write_outputs(cfg: BenchmarkConfig, ds: InteractionDataset, out: Path, recor
 
 def pool_scores(out: Path, budget=None, methods=None,
                 exclude: tuple[str, ...] = ()) -> pd.DataFrame | None:
-    """Every numeric score column of the pool, merged over the seed-0 cells' ``scores.csv``
-    (of ``methods`` at ``budget``; default every method and budget); None if there is none."""
+    """Every score column of the pool, merged over the seed-0 cells' ``scores.csv`` (of
+    ``methods`` at ``budget``; default every method and budget); None if there is none.
+
+    Scores are the floating-point columns; integer and boolean ones are a selector's labels
+    (CCS strata, TF-DCon/RecRanker clusters, DEALRec groups, GORACS's greedy flag) and are left
+    out, as are ``exclude``."""
     out = Path(out)
     if methods is None:
         files = sorted(out.glob("cells/b*/*/s0/select/scores.csv"))
@@ -766,7 +770,7 @@ def pool_scores(out: Path, budget=None, methods=None,
             continue
         df = pd.read_csv(f)
         keep = ["row"] + [c for c in df.columns
-                          if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
+                          if c not in skip and pd.api.types.is_float_dtype(df[c])]
         df = df[keep]
         if merged is None:
             merged = df
