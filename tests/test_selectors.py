@@ -27,7 +27,7 @@ from recprune.surrogate import SASRec, SASRecConfig, SurrogateTrainConfig
 from recprune.surrogate.samples import SurrogateSamples
 
 NEW = ["grand", "el2n", "ccs", "tfdcon", "recranker", "goracs", "dealrec_no_influence",
-       "dealrec_no_effort", "dealrec_greedy"]
+       "dealrec_no_effort", "dealrec_greedy", "recent"]
 
 
 def _blobs(n: int, k: int, dim: int, rng: np.random.Generator, spread: float = 0.05):
@@ -44,7 +44,8 @@ def _table(n: int = 400, seed: int = 0, k: int = 6) -> ScoreTable:
     t = ScoreTable(rows=np.arange(1000, 1000 + n), columns={
         "influence": rng.standard_t(2, n), "effort": rng.gamma(2.0, 1.0, n),
         "el2n": rng.beta(2, 5, n), "grand": rng.gamma(3.0, 2.0, n),
-        "n_train": rng.integers(1, 40, n).astype(float)})
+        "n_train": rng.integers(1, 40, n).astype(float),
+        "n_valid": np.where(rng.random(n) < 0.3, rng.integers(1, 4, n), 0).astype(float)})
     t.add_feature("sur_emb", sur.astype(np.float32))
     t.add_feature("llm_emb", llm.astype(np.float32))
     t.add_feature("text_emb", rng.normal(size=(n, 16)).astype(np.float32))
@@ -55,7 +56,8 @@ def _table(n: int = 400, seed: int = 0, k: int = 6) -> ScoreTable:
 
 OPTIONS = {"tfdcon": {"n_clusters": 6}, "recranker": {"n_clusters": 6},
            "goracs": {"max_iters": 5, "cut_num": 5, "device": "cpu"}}
-RANDOMISED = {"ccs", "tfdcon", "recranker", "dealrec_no_influence", "dealrec_no_effort"}
+RANDOMISED = {"ccs", "tfdcon", "recranker", "dealrec_no_influence", "dealrec_no_effort",
+              "recent"}
 
 
 def test_registered():
@@ -121,6 +123,23 @@ def test_clustering_selectors_cover_every_cluster(method):
         assert set(t.blob[pos]) == set(range(6))  # the k-means clusters are the blobs
         cl = out.extras["cluster"]
         assert len(set(cl[pos])) == len(set(cl))
+
+
+def test_recent_draws_only_active_users_and_fills_when_short():
+    t = _table()
+    active = set(t.rows[t["n_valid"] >= 1])
+    sel = get_selector("recent")
+    a = sel.select(t, 40, seed=0)
+    assert set(a.rows) <= active and a.info == {"n_active": len(active), "filled": 0}
+    # a stricter threshold, and a budget above the active users: all of them + inactive fill
+    two = set(t.rows[t["n_valid"] >= 2])
+    b = get_selector("recent", min_valid=2).select(t, len(two) + 10, seed=0)
+    assert two <= set(b.rows) and len(set(b.rows)) == len(two) + 10
+    assert b.info["filled"] == 10 and len(set(b.rows) - two) == 10
+    np.testing.assert_array_equal(b.extras["active"], t["n_valid"] >= 2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="min_valid"):
+            get_selector("recent", min_valid=bad)
 
 
 def test_tfdcon_proportional_and_centroid():
@@ -398,6 +417,12 @@ def test_pipeline_computes_and_caches_new_scores(tmp_path):
     np.testing.assert_array_equal(rr.scores["n_train"], ds.train.lengths)
     sel = json.loads((out / "selection.json").read_text())
     assert sel["method"] == "recranker" and sel["n_clusters"] == 4
+
+    rc = run_select(SelectConfig(method="recent", **common), dataset=ds, show_progress=False)
+    np.testing.assert_array_equal(rc.scores["n_valid"], ds.valid.lengths)
+    info = json.loads((out / "selection.json").read_text())
+    assert info["n_active"] == int((ds.valid.lengths > 0).sum()) >= 12 and info["filled"] == 0
+    assert (ds.valid.lengths[rc.selection.rows] >= 1).all()
 
 
 def test_pipeline_config_errors(tmp_path):

@@ -336,6 +336,13 @@ def _n_train(ctx: _Context) -> tuple[np.ndarray, dict]:
     return ctx.ds.train.lengths[ctx.rows].astype(np.float64), {}
 
 
+@register_score("n_valid", "column")
+def _n_valid(ctx: _Context) -> tuple[np.ndarray, dict]:
+    """Number of validation-period interactions of every pool row (0: inactive after the
+    training period)."""
+    return ctx.ds.valid.lengths[ctx.rows].astype(np.float64), {}
+
+
 # ---- difficulty baselines ---------------------------------------------------------------------
 
 def _grand_key(ctx: _Context) -> dict:
