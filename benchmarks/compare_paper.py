@@ -14,10 +14,12 @@ hardware, model sizes and training budgets); the relative changes are the claims
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from recprune.evaluation import EvalResult
 
 # Lin et al., SIGIR'24, Table 2 (Games, 1,024 samples) and Table 3 (full data, BIGRec):
 # R@10, R@20, N@10, N@20
@@ -69,8 +71,18 @@ def main() -> None:
         rows["all"] = {k: full.iloc[0][f"{k}_mean"] for k in METRICS} | {
             "std20": float("nan"), "seeds": int(full.iloc[0]["seeds"])}
     elif args.full_eval:
-        m = json.loads((Path(args.full_eval) / "metrics.json").read_text())["summary"]
-        rows["all"] = {k: m[k]["mean"] for k in METRICS} | {"std20": float("nan"), "seeds": 1}
+        # a full-data evaluation made outside the grid: only comparable on the same test users
+        full_ev = EvalResult.load(args.full_eval)
+        rnd = sorted(run.glob(f"cells/b{budget}/random/s*/{args.backend}/eval"))
+        if not rnd:
+            raise SystemExit(f"{run}: no finished random cell to check --full-eval against")
+        grid_rows = EvalResult.load(rnd[0]).rows
+        if full_ev.period != "test" or not np.array_equal(np.sort(full_ev.rows),
+                                                          np.sort(grid_rows)):
+            raise SystemExit(f"--full-eval {args.full_eval}: evaluated on other users (or "
+                             f"period) than the grid's {len(grid_rows)} test users")
+        rows["all"] = {k: float(full_ev.per_user[k].mean()) for k in METRICS} | {
+            "std20": float("nan"), "seeds": 1}
     if "random" not in rows:
         raise SystemExit(f"{run}: no random cells at budget {budget}")
     paper = PAPER[args.backend]
