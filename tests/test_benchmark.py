@@ -398,6 +398,7 @@ def test_pool_scores_merges_the_scores_and_leaves_out_selector_labels(tmp_path):
                                "selected": [True, False] * 2 + [True]}))
     write("goracs", pd.DataFrame({"user_id": rows + 100, "row": rows, "n_train": rows + 1,
                                   "effort": rows * 2.0, "goracs_greedy": [1, 0, 0, 1, 0],
+                                  "n_valid": rows * 1.0,
                                   "selected": [False] * 5}))
     got = pool_scores(tmp_path, 8, ("ccs", "goracs", "random"))
     assert list(got.columns) == ["row", "el2n", "effort"]

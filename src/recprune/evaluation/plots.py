@@ -60,20 +60,20 @@ def metric_by_method_figure(agg: pd.DataFrame, metric: str, budget,
         means = sub[f"{metric}_mean"].to_numpy(dtype=float)
         stds = np.nan_to_num(sub[f"{metric}_std"].to_numpy(dtype=float))
         x = np.arange(len(sub))
-        colors = {**method_colors(sub["method"]), **(colors or {})}
-        ax.bar(x, means, yerr=stds, capsize=3, alpha=0.8,
-               color=[colors[m] for m in sub["method"]])
-        n_seeds = sub["seeds"].to_numpy(dtype=int) if "seeds" in sub else np.ones(len(sub), int)
+        col = {**method_colors(sub["method"]), **(colors or {})}
+        ax.bar(x, means, yerr=stds, capsize=3, alpha=0.8, color=[col[m] for m in sub["method"]])
+        n_seeds = sub["seeds"].to_numpy(dtype=int)
         most = int(n_seeds.max()) if len(sub) else 0
         labels = [m if n == most else f"{m} ({n}/{most} seeds)"
                   for m, n in zip(sub["method"], n_seeds)]
         if cells is not None and len(cells):
-            cb = cells[(cells["backend"] == b)
-                       & (cells["budget"].astype(str) == str(budget))]
-            for xi, m in zip(x, sub["method"]):
-                v = cb.loc[cb["method"] == m, metric].to_numpy(dtype=float)
-                ax.plot(np.full(len(v), xi), v, "o", color="black", ms=3, zorder=3,
-                        label="one seed" if xi == 0 else None)
+            cb = cells[(cells["backend"] == b) & (cells["budget"].astype(str) == str(budget))]
+            pos = dict(zip(sub["method"], x))
+            cb = cb[cb["method"].isin(pos)]
+            if len(cb):
+                ax.plot(cb["method"].map(pos).to_numpy(dtype=float),
+                        cb[metric].to_numpy(dtype=float), "o", color="black", ms=3, zorder=3,
+                        label="one seed")
         ax.set_xticks(x, labels, rotation=45, ha="right")
         full = agg[(agg["backend"] == b) & (agg["method"] == "all")]
         if len(full):

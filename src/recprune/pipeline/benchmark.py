@@ -754,7 +754,7 @@ def pool_scores(out: Path, budget=None, methods=None,
 
     Scores are the floating-point columns; integer and boolean ones are a selector's labels
     (CCS strata, TF-DCon/RecRanker clusters, DEALRec groups, GORACS's greedy flag) and are left
-    out, as are ``exclude``."""
+    out, as are the interaction counts ``n_train`` / ``n_valid`` and ``exclude``."""
     out = Path(out)
     if methods is None:
         files = sorted(out.glob("cells/b*/*/s0/select/scores.csv"))
@@ -763,7 +763,7 @@ def pool_scores(out: Path, budget=None, methods=None,
     else:
         files = [out / Cell(budget, m, 0).path / "select" / "scores.csv" for m in methods
                  if m != FULL]
-    skip = {"user_id", "row", "selected", "group", "n_train", *exclude}
+    skip = {"user_id", "row", "selected", "group", "n_train", "n_valid", *exclude}
     merged = None
     for f in files:
         if not f.exists():

@@ -37,7 +37,8 @@ class RecentSelector(Selector):
 
     def select(self, scores: ScoreTable, budget: int, *, seed: int = 0) -> Selection:
         budget = check_budget(budget, len(scores))
-        active = np.flatnonzero(scores["n_valid"] >= self.min_valid)
+        is_active = scores["n_valid"] >= self.min_valid
+        active = np.flatnonzero(is_active)
         rng = np.random.default_rng(seed)
         if len(active) >= budget:
             pos = rng.choice(active, size=budget, replace=False)
@@ -48,5 +49,5 @@ class RecentSelector(Selector):
             pos = np.concatenate([rng.permutation(active),
                                   rng.choice(rest, size=filled, replace=False)])
         return Selection(rows=scores.rows[pos],
-                         extras={"active": (scores["n_valid"] >= self.min_valid)},
+                         extras={"active": is_active},
                          info={"n_active": int(len(active)), "filled": int(filled)})
