@@ -160,3 +160,30 @@ def test_cli_selector_and_score_options(tmp_path):
     assert cfg["method_options"] == {"beta": 0.2, "n_strata": 5}
     assert cfg["el2n"]["max_tokens"] == 512
     assert len((out / "selected_users.txt").read_text().split()) == 10
+
+
+def test_retrained_surrogate_reuses_score_caches(tmp_path):
+    """Score caches are keyed by the surrogate's weights, not its wall-clock history: on a new
+    machine that has the caches but not surrogate.pt, a deterministic retrain reuses them."""
+    import torch
+
+    from recprune.pipeline.select import _surrogate_key
+    from recprune.surrogate import load_surrogate
+
+    ds = load_dataset("synthetic:120", n_items=80, seed=1)
+    out = tmp_path / "run"
+    cfg = SelectConfig(data="synthetic:120", budget=16, out=str(out), method="dealrec_no_effort",
+                       surrogate=SMALL_SURROGATE, influence=FAST_LISSA)
+    res = run_select(cfg, dataset=ds, show_progress=False)
+    first = load_surrogate(out / "surrogate.pt", ds)
+    (out / "surrogate.pt").unlink()
+    res2 = run_select(cfg, dataset=ds, show_progress=False)
+    t2 = json.loads((out / "timings.json").read_text())
+    assert "surrogate_train" in t2 and "influence" not in t2
+    np.testing.assert_array_equal(res.selection.rows, res2.selection.rows)
+    second = load_surrogate(out / "surrogate.pt", ds)
+    assert first.history != second.history  # the timings differ ...
+    assert _surrogate_key(first) == _surrogate_key(second)  # ... the key does not
+    with torch.no_grad():
+        next(second.model.parameters()).add_(1e-3)
+    assert _surrogate_key(first) != _surrogate_key(second)

@@ -135,6 +135,19 @@ def _surrogate_stage(cfg: SelectConfig, ds: InteractionDataset, run: Path, show:
     return res, True
 
 
+def _surrogate_key(sur) -> dict:
+    """What identifies a trained surrogate in score cache keys: its configuration, the epoch of
+    its kept weights and a checksum of those weights. Wall-clock fields of its history are left
+    out, so a deterministic retrain (a new machine that has the score caches but not the
+    checkpoint) reuses the caches, and any change of the weights invalidates them."""
+    h = hashlib.sha256()
+    for name, t in sorted(sur.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return {"config": asdict(sur.config), "best_epoch": sur.best_epoch,
+            "weights": h.hexdigest()[:16]}
+
+
 def _data_key(ds: InteractionDataset) -> dict:
     return {"name": ds.name, "users": ds.n_users, "items": ds.n_items, "train": ds.train.nnz,
             "checksum": hashlib.sha256(ds.train.items.tobytes()).hexdigest()[:16]}
@@ -173,6 +186,10 @@ class _Context:
         sur, trained = _surrogate_stage(self.cfg, self.ds, self.run, self.show)
         self.timings["surrogate_train" if trained else "surrogate_load"] = time.perf_counter() - t
         return sur
+
+    @cached_property
+    def surrogate_key(self) -> dict:
+        return _surrogate_key(self.surrogate)
 
     @cached_property
     def surrogate_config(self) -> SurrogateTrainConfig:
@@ -297,8 +314,7 @@ def register_score(name: str, kind: str, *, key: Callable[[_Context], dict] | No
 
 def _influence_key(ctx: _Context) -> dict:
     sur = ctx.surrogate
-    # same key content as before the registry existed (score name added by ctx.value)
-    return {"influence": asdict(ctx.cfg.influence), "surrogate": sur.history,
+    return {"influence": asdict(ctx.cfg.influence), "surrogate": ctx.surrogate_key,
             "loss": sur.config.loss, "data": ctx.data_key()}
 
 
@@ -364,7 +380,7 @@ def _el2n_key(ctx: _Context) -> dict:
     c = ctx.cfg.el2n
     base = {"el2n": asdict(c), "data": ctx.data_key(), "rows": _rows_key(ctx.rows)}
     if c.mode == "trained":
-        return {**base, "surrogate": ctx.surrogate.history}
+        return {**base, "surrogate": ctx.surrogate_key}
     return {**base, "surrogate_config": asdict(ctx.surrogate_config)}
 
 
@@ -385,7 +401,7 @@ def _el2n(ctx: _Context) -> tuple[np.ndarray, dict]:
 # ---- representations --------------------------------------------------------------------------
 
 def _sur_emb_key(ctx: _Context) -> dict:
-    return {"surrogate": ctx.surrogate.history, "data": ctx.data_key(),
+    return {"surrogate": ctx.surrogate_key, "data": ctx.data_key(),
             "rows": _rows_key(ctx.rows)}
 
 
