@@ -116,7 +116,7 @@ from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
-from recprune.utils.io import atomic_path, save_npy, write_json
+from recprune.utils.io import array_sha256, atomic_path, save_npy, write_json
 from recprune.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -406,13 +406,7 @@ def clean_generation(text: str) -> str:
 
 # ----------------------------------------------------------------------------- small helpers
 
-def _sha(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+_sha = array_sha256
 
 
 def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -47,7 +47,8 @@ from recprune.scoring.representations import EmbedConfig
 from recprune.selection import ScoreTable, Selection, check_budget, get_selector
 from recprune.surrogate import (SurrogateTrainConfig, build_samples, load_surrogate,
                                 save_surrogate, train_surrogate)
-from recprune.utils.io import atomic_path, save_npy, write_json, write_jsonl, write_text
+from recprune.utils.io import (array_sha256, atomic_path, save_npy, write_json, write_jsonl,
+                              write_text)
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,9 @@ def _surrogate_key(sur) -> dict:
     its kept weights and a checksum of those weights. Wall-clock fields of its history are left
     out, so a deterministic retrain (a new machine that has the score caches but not the
     checkpoint) reuses the caches, and any change of the weights invalidates them."""
-    h = hashlib.sha256()
-    for name, t in sorted(sur.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    weights = [t.detach().cpu().numpy() for _, t in sorted(sur.model.state_dict().items())]
     return {"config": asdict(sur.config), "best_epoch": sur.best_epoch,
-            "weights": h.hexdigest()[:16]}
+            "weights": array_sha256(*weights)[:16]}
 
 
 def _data_key(ds: InteractionDataset) -> dict:

@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -96,7 +95,7 @@ import torch
 import torch.nn.functional as F
 
 from recprune.errors import ConfigError, ScoringError
-from recprune.utils.io import save_npy, write_json
+from recprune.utils.io import array_sha256, save_npy, write_json
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
 
@@ -215,13 +214,7 @@ class EffortConfig:
 
 # ----------------------------------------------------------------------------- helpers
 
-def _sha(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+_sha = array_sha256
 
 
 def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
