@@ -114,6 +114,7 @@ from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_peri
                                     history_for, resumed_fit_seconds, training_rows)
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
+from recprune.llm.loading import cache_kv
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
 from recprune.utils.io import array_sha256, atomic_path, save_npy, write_json
@@ -406,16 +407,6 @@ def clean_generation(text: str) -> str:
 
 # ----------------------------------------------------------------------------- small helpers
 
-_sha = array_sha256
-
-
-def _cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (keys, values) of a transformers cache object."""
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
-
-
 def _make_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], config):
     from transformers import DynamicCache
 
@@ -609,7 +600,7 @@ class BigRec(Recommender):
             h = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
             h.update(str(next(self._lm.parameters()).dtype).encode())
             h.update(str(sum(p.numel() for p in params)).encode())
-            h.update(_sha(*sample).encode())
+            h.update(array_sha256(*sample).encode())
             self._base_fp = h.hexdigest()[:16]
         return self._base_fp
 
@@ -681,7 +672,7 @@ class BigRec(Recommender):
             if share:
                 pre_ids = torch.as_tensor(ts.prefix_ids, device=dev)[None]
                 out = self._decoder(input_ids=pre_ids, use_cache=True)
-                kv = _cache_kv(out.past_key_values)
+                kv = cache_kv(out.past_key_values)
                 h_pre = out.last_hidden_state[0]  # (P, d)
                 run += P
                 if grad:
@@ -769,10 +760,10 @@ class BigRec(Recommender):
                   "max_new_tokens", "embed_text", "embedding_cache_dir", "patience", "model",
                   *_RUNTIME_ONLY):
             cfg.pop(k)
-        samples = _sha(ts.prefix_ids, ts.indptr, ts.ids, ts.target)[:16]
-        valid = _sha(vts.indptr, vts.ids, vts.target)[:16] if vts is not None else None
+        samples = array_sha256(ts.prefix_ids, ts.indptr, ts.ids, ts.target)[:16]
+        valid = array_sha256(vts.indptr, vts.ids, vts.target)[:16] if vts is not None else None
         return {"config": json.loads(json.dumps(cfg, default=str)),
-                "base_model": self.base_fingerprint(), "rows": _sha(rows)[:16],
+                "base_model": self.base_fingerprint(), "rows": array_sha256(rows)[:16],
                 "train_samples": samples, "valid_samples": valid}
 
     def fit(self, ds: InteractionDataset, rows: np.ndarray, *, out_dir: str | Path | None = None,
@@ -1076,7 +1067,7 @@ class BigRec(Recommender):
     def _prefix_kv(self, prefix_ids: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ids = torch.as_tensor(prefix_ids, device=self.device)[None]
         out = self._decoder(input_ids=ids, use_cache=True)
-        return [(k.detach(), v.detach()) for k, v in _cache_kv(out.past_key_values)]
+        return [(k.detach(), v.detach()) for k, v in cache_kv(out.past_key_values)]
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -1123,7 +1114,7 @@ class BigRec(Recommender):
                               attention_mask=mask_t[:, :P + L - 1],
                               position_ids=torch.as_tensor(pos[:, :-1], device=dev),
                               past_key_values=cache, use_cache=True)
-            kv = _cache_kv(cache)
+            kv = cache_kv(cache)
             if nb > 1:
                 kv = [(k.repeat_interleave(nb, 0), v.repeat_interleave(nb, 0)) for k, v in kv]
             else:
@@ -1219,7 +1210,7 @@ class BigRec(Recommender):
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"] if texts else []
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
-        return f"{self.base_fingerprint()}-{_sha(lens, flat)[:16]}"
+        return f"{self.base_fingerprint()}-{array_sha256(lens, flat)[:16]}"
 
     def _embedding_dir(self) -> Path | None:
         c = self.config.embedding_cache_dir

@@ -41,6 +41,13 @@ _SOURCE_FILE = "recprune_source.json"
 _CACHE_FORMAT = 1
 
 
+def cache_kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a transformers cache object."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # older transformers
+
+
 def default_cache_root() -> Path:
     """Directory that holds one sub-directory per cached (dequantised) model."""
     env = os.environ.get("RECPRUNE_CACHE")

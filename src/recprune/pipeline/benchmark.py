@@ -62,7 +62,7 @@ from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_opti
                                    run_finetune)
 from recprune.pipeline.select import SelectConfig, _data_key, _hash, _pool_rows, run_select
 from recprune.selection import SELECTORS, get_selector
-from recprune.utils.io import atomic_path, write_json, write_text
+from recprune.utils.io import atomic_path, make_dir, write_json, write_text
 from recprune.utils.lock import DirLock
 
 log = logging.getLogger(__name__)
@@ -374,8 +374,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     ds = dataset if dataset is not None else load_dataset(
         cfg.data, **({"trust_pickle": True} if cfg.trust_pickle else {}))
     cfg.validate(ds.n_users)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(cfg.out, "--out")
     write_json(out / "config.json", cfg.to_dict())
     pool_rows = _pool_rows(ds, cfg.pool, cfg.pool_seed)
     budgets = sorted({resolve_budget(b, len(pool_rows)) for b in cfg.budgets})

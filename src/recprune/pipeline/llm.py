@@ -41,7 +41,7 @@ from recprune.data import InteractionDataset, load_dataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation import DEFAULT_KS, EvalResult, eval_user_rows, evaluate_backend
 from recprune.pipeline.select import SelectConfig, _data_key, _hash, run_select
-from recprune.utils.io import write_json, write_jsonl, write_text
+from recprune.utils.io import make_dir, write_json, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,7 @@ def run_finetune(cfg: FinetuneConfig, *, dataset: InteractionDataset | None = No
         rows = (load_selection(cfg.selection, ds) if cfg.selection
                 else np.arange(ds.n_users, dtype=np.int64))
     rows = np.asarray(rows, dtype=np.int64)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
+    run = make_dir(cfg.out, "--out")
     key = _hash({"backend": cfg.backend, "options": backend.config_dict(), "data": _data_key(ds),
                  "rows": _hash(rows.tolist())})
     fit_path, model_dir = run / "fit.json", run / "model"
@@ -224,7 +223,7 @@ def run_evaluate(cfg: EvaluateConfig, *, dataset: InteractionDataset | None = No
                 return EvalResult.load(out)
         except (json.JSONDecodeError, DataError):
             pass
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "--out")
     write_json(out / "config.json", {**cfg.to_dict(), "backend_config": backend.config_dict()})
     # finished chunks of this exact evaluation (same key) survive a crash and are reused
     res = evaluate_backend(backend, ds, period=cfg.period, ks=ks, rows=rows, progress=progress,
@@ -280,7 +279,7 @@ def run_end_to_end(cfg: RunConfig, *, dataset: InteractionDataset | None = None,
                                                    cfg.select.seed))
     ds = dataset if dataset is not None else _load(cfg.select.data, cfg.select.trust_pickle)
     eval_user_rows(ds, cfg.period, cfg.eval_users, cfg.eval_seed)
-    run.mkdir(parents=True, exist_ok=True)
+    make_dir(run, "--out")
     write_json(run / "config.json", cfg.to_dict())
     timings: dict[str, float] = {}
     t = time.perf_counter()

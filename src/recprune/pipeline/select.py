@@ -47,8 +47,8 @@ from recprune.scoring.representations import EmbedConfig
 from recprune.selection import ScoreTable, Selection, check_budget, get_selector
 from recprune.surrogate import (SurrogateTrainConfig, build_samples, load_surrogate,
                                 save_surrogate, train_surrogate)
-from recprune.utils.io import (array_sha256, atomic_path, save_npy, write_json, write_jsonl,
-                              write_text)
+from recprune.utils.io import (array_sha256, atomic_path, make_dir, save_npy, write_json,
+                              write_jsonl, write_text)
 
 log = logging.getLogger(__name__)
 
@@ -496,12 +496,11 @@ def run_select(cfg: SelectConfig, *, dataset: InteractionDataset | None = None,
     rows = _pool_rows(ds, cfg.pool, cfg.seed if cfg.pool_seed is None else cfg.pool_seed)
     check_budget(cfg.budget, len(rows))
 
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
+    cache = make_dir(cfg.cache_dir, "--cache-dir") if cfg.cache_dir else None
+    run = make_dir(cfg.out, "--out")
+    cache = cache or run
     write_json(run / "config.json", cfg.to_dict())
     table = ScoreTable(rows=rows)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else run
-    cache.mkdir(parents=True, exist_ok=True)
     ctx = _Context(cfg, ds, cache, rows, show_progress, timings)
     for name in SCORES:  # registry order: influence before effort, as before
         if name not in need:

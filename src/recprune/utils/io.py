@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from recprune.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | Path):
@@ -46,6 +48,20 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, arr)
+
+
+def make_dir(path: str | Path, what: str = "output directory") -> Path:
+    """Create the directory ``path`` (and its parents) unless it exists; a path that is a file,
+    or that cannot be created, is a ``ConfigError`` naming ``what`` (e.g. ``--cache-dir``)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path}: exists and is not a directory") from None
+    except OSError as e:
+        msg = e.strerror or str(e)
+        raise ConfigError(f"{what} {path}: cannot create the directory ({msg})") from None
+    return path
 
 
 def array_sha256(*arrays: np.ndarray) -> str:
