@@ -66,6 +66,19 @@ def test_grid_outputs_and_aggregation(ds, tmp_path):
     s = res.significance
     assert "random" not in set(s["method"]) and {"el2n", "all"} <= set(s["method"])
     assert ((s["p_ttest"] >= 0) & (s["p_ttest"] <= 1)).all()
+    # the seed-level test is Welch's t-test on the per-seed means of cells.csv, and is
+    # undefined (NaN, '-' in the report) for a single-seed method such as full data
+    from scipy import stats
+    e = s[(s["method"] == "el2n") & (s["metric"] == "ndcg@20")].iloc[0]
+    per_seed = lambda m: c[c["method"] == m]["ndcg@20"].to_numpy()
+    assert e["seeds"] == 2 and e["baseline_seeds"] == 2
+    want = stats.ttest_ind(per_seed("el2n"), per_seed("random"), equal_var=False).pvalue
+    if np.isfinite(want):
+        assert e["p_seeds"] == pytest.approx(want)
+    else:  # both methods constant over seeds
+        assert np.isnan(e["p_seeds"]) or e["p_seeds"] in (0.0, 1.0)
+    assert s[s["method"] == "all"]["p_seeds"].isna().all()
+    assert "| p (seeds) |" in (tmp_path / "report.md").read_text()
     # random seeds differ, EL2N is deterministic in its selection
     sel = lambda m, k: json.loads((tmp_path / f"cells/b16/{m}/s{k}/select/done.json"
                                    ).read_text())["rows"]
@@ -163,6 +176,21 @@ def test_budget_sweep_fractions_and_plot(ds, tmp_path):
         assert [ln.get_label() for ln in axt.lines if ln.get_label().startswith("all")]
     finally:
         plt.close(fig)
+
+
+def test_seed_test_treats_seeds_as_the_random_unit():
+    from recprune.evaluation import EvalResult
+
+    def ev(v):  # one seed's evaluation: 50 users, per-user values around v
+        r = np.random.default_rng(int(v * 1e6))
+        x = np.clip(v + 0.01 * r.standard_normal(50), 0, None)
+        return EvalResult(period="test", ks=(20,), rows=np.arange(50), user_ids=np.arange(50),
+                          per_user={"ndcg@20": x})
+
+    far = bm.seed_test([ev(0.5), ev(0.51), ev(0.52)], [ev(0.1), ev(0.11), ev(0.12)], "ndcg@20")
+    near = bm.seed_test([ev(0.10), ev(0.2)], [ev(0.11), ev(0.19)], "ndcg@20")
+    assert far < 0.01 < 0.5 < near <= 1.0
+    assert np.isnan(bm.seed_test([ev(0.5)], [ev(0.1), ev(0.2)], "ndcg@20"))
 
 
 def test_resolve_budget():
