@@ -79,6 +79,13 @@ def test_grid_outputs_and_aggregation(ds, tmp_path):
         assert np.isnan(e["p_seeds"]) or e["p_seeds"] in (0.0, 1.0)
     assert s[s["method"] == "all"]["p_seeds"].isna().all()
     assert "| p (seeds) |" in (tmp_path / "report.md").read_text()
+    # the table marks a per-user p < 0.05 with * and a seed-level p < 0.05 with a dagger
+    marked = s.copy()
+    marked["p_ttest"], marked["p_seeds"] = 0.5, np.where(marked["method"] == "el2n", 0.01, 0.5)
+    rows = {ln.split(" | ")[0].strip("| "): ln.replace("**", "")  # without the bold marks
+            for ln in bm.markdown_table(_cfg(tmp_path), res.table, marked, 16).splitlines()}
+    assert "†" in rows["el2n"] and "*" not in rows["el2n"]
+    assert "†" not in rows["random"] and "†" not in rows["all (full data)"]
     # random seeds differ, EL2N is deterministic in its selection
     sel = lambda m, k: json.loads((tmp_path / f"cells/b16/{m}/s{k}/select/done.json"
                                    ).read_text())["rows"]

@@ -651,7 +651,8 @@ def _fmt(mean: float, std: float) -> str:
 def markdown_table(cfg: BenchmarkConfig, agg: pd.DataFrame, sig: pd.DataFrame,
                    budget) -> str:
     """Table-2 layout for one budget: methods x (backend, metric), mean ± std over seeds; the
-    best selection method per column in bold; * = paired p < 0.05 against the baseline."""
+    best selection method per column in bold; * = paired per-user t-test p < 0.05 against the
+    baseline, † = seed-level Welch test p < 0.05 (:func:`seed_test`)."""
     metrics = cfg.table_metrics
     sub = agg[(agg["budget"] == budget) | (agg["budget"] == "")]
     backends = [b for b in cfg.backends]
@@ -685,6 +686,8 @@ def markdown_table(cfg: BenchmarkConfig, agg: pd.DataFrame, sig: pd.DataFrame,
                             & (sig["budget"] == budget)]
                     if len(s) and s["p_ttest"].iloc[0] < 0.05:
                         txt += "*"
+                    if len(s) and s["p_seeds"].iloc[0] < 0.05:
+                        txt += "†"
                 cells.append(txt)
         label = {FULL: "all (full data)", "most-popular": "most popular"}.get(meth, meth)
         want = cfg.full_seeds if meth == FULL else cfg.seeds
@@ -814,7 +817,8 @@ def _report(cfg, ds, agg, sig, cov, cells, budgets, pool_rows, pngs, missing) ->
              f"{cfg.period} users (eval seed {cfg.eval_seed}); backends "
              f"{list(cfg.backends)}. Mean ± std over seeds; best selection method per column in "
              f"bold; * = paired t-test p < 0.05 against {cfg.baseline} (per-user values averaged "
-             f"over seeds).", ""]
+             f"over seeds); † = Welch's t-test on the per-seed means p < 0.05 (the seed as the "
+             f"random unit).", ""]
     if missing:
         lines += [f"**Interim report: {len(missing)} cell(s) of the grid are not finished and "
                   "are left out** (a method with fewer seeds than the grid's is marked "
