@@ -597,7 +597,9 @@ def aggregate(cells: pd.DataFrame, metrics) -> pd.DataFrame:
 def seed_test(a: list[EvalResult], b: list[EvalResult], metric: str) -> float:
     """Two-sided p-value of Welch's t-test between the per-seed means of ``a`` and ``b``
     (the seed as the random unit: selection, RQ-VAE/LoRA initialisation and training order all
-    change with it); NaN with fewer than two seeds on either side."""
+    change with it); NaN with fewer than two seeds on either side, and NaN when neither side
+    varies over its seeds (the test is undefined then, and a constant difference is not
+    evidence that another draw of seeds would keep it)."""
     from scipy import stats
 
     xa = np.array([float(np.nanmean(e.per_user[metric])) for e in a])
@@ -605,7 +607,7 @@ def seed_test(a: list[EvalResult], b: list[EvalResult], metric: str) -> float:
     if len(xa) < 2 or len(xb) < 2:
         return float("nan")
     if xa.std() == 0 and xb.std() == 0:
-        return 1.0 if xa[0] == xb[0] else 0.0
+        return float("nan")
     return float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
 
 
