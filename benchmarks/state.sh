@@ -4,6 +4,11 @@
 # them instead of starting over.
 #   benchmarks/state.sh save      copy the listed small files from runs/ into the mirror
 #   benchmarks/state.sh restore   copy the mirror back into runs/ (never overwrites a file)
+#   benchmarks/state.sh watch [MINUTES]
+#                                 every MINUTES (default 5): when a grid cell or an evaluation has
+#                                 finished since the last look, save and commit the mirror (that
+#                                 path only; other staged work is left alone), so a session that
+#                                 ends without warning loses at most the cells still running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIRROR=benchmarks/results/state
@@ -74,5 +79,20 @@ case "${1:-}" in
       esac
     done < <(find "$MIRROR" -type f)
     echo "restored $MIRROR into runs/" ;;
-  *) echo "usage: $0 save|restore" >&2; exit 2 ;;
+  watch)
+    minutes="${2:-5}"
+    finished() { find runs -name cell.json -o -path '*/eval*/metrics.json' 2>/dev/null | sort | md5sum; }
+    last=$(finished)
+    while sleep "$((minutes * 60))"; do
+      now=$(finished)
+      [ "$now" = "$last" ] && continue
+      if bash benchmarks/state.sh save && git add -A "$MIRROR" && \
+         { git diff --cached --quiet -- "$MIRROR" || \
+           git commit -q -m "benchmark state: cells finished by $(date -u '+%Y-%m-%d %H:%M') UTC" -- "$MIRROR"; }; then
+        last=$now; echo "$(date -u '+%F %T') state committed"
+      else
+        echo "$(date -u '+%F %T') state not committed (will retry)" >&2
+      fi
+    done ;;
+  *) echo "usage: $0 save|restore|watch [MINUTES]" >&2; exit 2 ;;
 esac
