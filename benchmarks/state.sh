@@ -81,6 +81,8 @@ case "${1:-}" in
     echo "restored $MIRROR into runs/" ;;
   watch)
     minutes="${2:-5}"
+    [[ "$minutes" =~ ^[1-9][0-9]*$ ]] || { echo "watch: MINUTES must be a whole number >= 1, got '$minutes'" >&2; exit 2; }
+    [ -d runs ] || { echo "watch: no runs/ directory here: start the benchmark jobs (or '$0 restore') first" >&2; exit 2; }
     finished() { find runs -name cell.json -o -path '*/eval*/metrics.json' 2>/dev/null | sort | md5sum; }
     last=$(finished)
     while sleep "$((minutes * 60))"; do
