@@ -86,6 +86,7 @@ from recprune.backends.semantic_ids import (RQVAEConfig, item_embeddings, item_t
                                             semantic_ids, texts_digest)
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
+from recprune.utils.cpu import flush_denormals
 from recprune.utils.io import atomic_path, save_npy, write_json
 from recprune.utils.progress import progress as progress_bar
 from recprune.utils.seed import seed_everything
@@ -632,7 +633,7 @@ class Tiger(Recommender):
             log.info("tiger: resuming from %s after epoch %d", ckpt, resumed_from)
 
         item_tokens = vocab.item_tokens
-        with progress_bar(progress) as prog:
+        with flush_denormals(device) as flushed, progress_bar(progress) as prog:
             task = prog.add_task("TIGER fit", total=1, info="")
             epoch = state["epoch"]
             partial = state.pop("partial", None)  # a mid-epoch checkpoint to continue from
@@ -717,7 +718,7 @@ class Tiger(Recommender):
         stats = {"n_examples": int(len(ex)), "n_train_users": int(len(train_rows)),
                  "n_valid_users": int(len(vrows)),
                  "examples_per_s": state["train_examples"] / max(state["train_seconds"], 1e-9),
-                 "samples": cfg.samples, "device": str(device),
+                 "samples": cfg.samples, "device": str(device), "flush_denormals": flushed,
                  "n_params": int(sum(p.numel() for p in model.parameters())),
                  "resumed_from_epoch": resumed_from,
                  "seconds_this_process": time.perf_counter() - t_start,
