@@ -32,3 +32,24 @@ def test_flush_denormals_is_a_no_op_off_the_cpu():
     with flush_denormals("meta") as on:
         assert on is False
         assert _survives()
+
+
+def test_flush_denormals_reaches_every_intra_op_thread(tmp_path):
+    # FTZ/DAZ are per-thread CPU flags, and torch.set_flush_denormal sets only the calling
+    # thread's: once torch's OpenMP pool exists, half of a 2-thread op would not flush
+    import subprocess
+    import sys
+    code = (
+        "import torch\n"
+        "from recprune.utils.cpu import flush_denormals, _probe, _PROBE_N\n"
+        "torch.set_num_threads(2)\n"
+        "assert _probe() == _PROBE_N  # creates the pool; nothing flushed\n"
+        "torch.set_flush_denormal(True); part = _probe(); torch.set_flush_denormal(False)\n"
+        "assert 0 < part < _PROBE_N, part  # the calling thread alone\n"
+        "with flush_denormals('cpu') as on:\n"
+        "    assert on is True and _probe() == 0\n"
+        "assert _probe() == _PROBE_N\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "2"}, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
