@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import threading
 from collections.abc import Iterator
 
 import torch
@@ -61,13 +60,8 @@ def _set_everywhere(on: bool) -> bool:
     ok = torch.set_flush_denormal(on)
     gomp = _gomp_parallel()
     if ok and gomp is not None and torch.get_num_threads() > 1:
-        lock = threading.Lock()
-        seen: list[int] = []
-
-        def run(_):
+        def run(_):  # runs once on each thread of an OpenMP team the size of torch's pool
             torch.set_flush_denormal(on)
-            with lock:
-                seen.append(threading.get_ident())
 
         gomp(_CB(run), None, torch.get_num_threads(), 0)
     return ok
