@@ -248,9 +248,9 @@ def test_training_reduces_loss_and_beats_untrained(ds, emb, fitted):
     n_ex = int(np.clip(ds.train.lengths - 1, 0, None).sum())
     assert res.stats["n_examples"] == n_ex and h[0]["examples"] == n_ex
     assert res.stats["examples_per_s"] > 0 and "collision_rate" in res.stats["semantic_ids"]
-    # trained with subnormals flushed (x86 CPUs support it), and the global setting restored
-    assert res.stats["flush_denormals"] is True
-    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0
+    # trained with subnormals flushed where the CPU can (x86), and flushing off again after
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # checked before the call below resets it
+    assert res.stats["flush_denormals"] is torch.set_flush_denormal(False)
     # teacher-forced loss on the training users' last training item: fitted < untrained
     base = make(ds, emb)
     rows = np.flatnonzero(ds.train.lengths >= 2)

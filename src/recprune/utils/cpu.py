@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -29,26 +30,23 @@ def _probe() -> int:
 
 
 _CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_gomp = None
 
 
+@functools.cache
 def _gomp_parallel():
     """``GOMP_parallel`` of the libgomp that torch runs its intra-op threads on, or None."""
-    global _gomp
-    if _gomp is None:
-        _gomp = False
-        if "OpenMP" in torch.__config__.parallel_info():
-            path = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
-            for name in (path, "libgomp.so.1"):
-                try:
-                    fn = ctypes.CDLL(name).GOMP_parallel
-                except (OSError, AttributeError):
-                    continue
-                fn.argtypes = [_CB, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                fn.restype = None
-                _gomp = fn
-                break
-    return _gomp or None
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    bundled = os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp.so.1")
+    for name in (bundled, "libgomp.so.1"):
+        try:
+            fn = ctypes.CDLL(name).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [_CB, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        fn.restype = None
+        return fn
+    return None
 
 
 def _set_everywhere(on: bool) -> bool:
@@ -76,13 +74,14 @@ def flush_denormals(device: torch.device | str = "cpu") -> Iterator[bool]:
     one training step of a trained TIGER T5 took 1.65x as long as with them flushed
     (docs/benchmarks.md (f)). Flushing (FTZ/DAZ) changes values below 1.2e-38 only. Yields
     whether every thread flushes (checked on a probe tensor; a warning says when only some
-    do); the previous setting is restored on exit. A no-op off the CPU.
+    do). On exit flushing is off again in every thread, unless it was already on in every
+    thread on entry (then the block changes nothing). A no-op off the CPU, and False where the
+    CPU cannot flush.
     """
     if torch.device(device).type != "cpu":
         yield False
         return
-    before = _probe() == 0
-    if before:  # already on everywhere (an enclosing block, or the user's own setting)
+    if _probe() == 0:  # already on everywhere (an enclosing block, or the user's own setting)
         yield True
         return
     ok = _set_everywhere(True)
