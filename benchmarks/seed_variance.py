@@ -43,8 +43,13 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|---:|---:|")
     n_pairs = n_sig = 0
     spread = []
+    # every method with cells in the run, not only those of the last command's config.json (a
+    # later `--finished-only` render of a subset, e.g. a sweep, rewrites it); its order first
+    order = {m: i for i, m in enumerate(cfg.get("methods", []))}
     for budget_dir in sorted(run.glob("cells/b*")):
-        for method in cfg["methods"]:
+        methods = sorted((d.name for d in budget_dir.iterdir() if d.is_dir()),
+                         key=lambda m: (order.get(m, len(order)), m))
+        for method in methods:
             evs = {}
             for seed_dir in sorted((budget_dir / method).glob("s*")):
                 cell = seed_dir / args.backend
