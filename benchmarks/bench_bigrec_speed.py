@@ -23,7 +23,7 @@ import torch
 from recprune.backends import create_backend
 from recprune.data import load_dataset
 from recprune.evaluation import eval_user_rows
-from recprune.utils.io import write_json
+from recprune.store import write_json
 
 
 def main() -> None:

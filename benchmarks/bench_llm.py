@@ -32,7 +32,7 @@ import torch
 from recprune.data import load_dataset
 from recprune.evaluation import EvalResult, paired_test
 from recprune.pipeline import EvaluateConfig, FinetuneConfig, run_evaluate, run_finetune
-from recprune.utils.io import write_json, write_text
+from recprune.store import write_json, write_text
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 

@@ -20,7 +20,7 @@ import torch
 
 from recprune.data import load_dataset
 from recprune.surrogate import SurrogateTrainConfig, save_surrogate, train_surrogate
-from recprune.utils.io import write_json
+from recprune.store import write_json
 
 REF = {"s_per_epoch": (80, 95), "r20_5ep": 0.0198, "n20_5ep": 0.0098, "r20_best": 0.0377,
        "n20_best": 0.0191, "best_minutes": 35}

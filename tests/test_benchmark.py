@@ -371,7 +371,7 @@ def test_finished_only_tabulates_what_is_done_and_computes_nothing(ds, tmp_path,
 
 
 def test_a_cell_locked_by_another_process_is_skipped_then_collected(ds, tmp_path, monkeypatch):
-    from recprune.utils.lock import DirLock
+    from recprune.store import DirLock
 
     cfg = _cfg(tmp_path, methods=("random", "el2n"), seeds=2)
     busy_cell = DirLock(tmp_path / "cells/b16/random/s1/pop")  # "another process" fine-tunes it

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from recprune.utils.lock import DirLock
+from recprune.store import DirLock
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX-only")
 
@@ -34,7 +34,7 @@ def test_second_holder_is_refused_until_release(tmp_path):
 def test_lock_of_a_killed_process_is_free(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
-        from recprune.utils.lock import DirLock
+        from recprune.store import DirLock
         lock = DirLock({str(tmp_path)!r})
         assert lock.acquire()
         print("locked", flush=True)

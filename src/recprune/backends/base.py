@@ -37,7 +37,7 @@ import numpy as np
 
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError
-from recprune.utils.io import write_json
+from recprune.store import write_json
 from recprune.utils.registry import Registry
 
 BACKENDS: Registry[Recommender] = Registry("backend")  # type: ignore[name-defined]

@@ -117,7 +117,7 @@ from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
 from recprune.llm.loading import cache_kv
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
-from recprune.utils.io import array_sha256, atomic_path, save_npy, write_json
+from recprune.store import digest, atomic_path, save_npy, write_json
 from recprune.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -600,7 +600,7 @@ class BigRec(Recommender):
             h = hashlib.sha256(json.dumps(arch, sort_keys=True, default=str).encode())
             h.update(str(next(self._lm.parameters()).dtype).encode())
             h.update(str(sum(p.numel() for p in params)).encode())
-            h.update(array_sha256(*sample).encode())
+            h.update(digest(*sample).encode())
             self._base_fp = h.hexdigest()[:16]
         return self._base_fp
 
@@ -760,10 +760,10 @@ class BigRec(Recommender):
                   "max_new_tokens", "embed_text", "embedding_cache_dir", "patience", "model",
                   *_RUNTIME_ONLY):
             cfg.pop(k)
-        samples = array_sha256(ts.prefix_ids, ts.indptr, ts.ids, ts.target)[:16]
-        valid = array_sha256(vts.indptr, vts.ids, vts.target)[:16] if vts is not None else None
+        samples = digest(ts.prefix_ids, ts.indptr, ts.ids, ts.target)[:16]
+        valid = digest(vts.indptr, vts.ids, vts.target)[:16] if vts is not None else None
         return {"config": json.loads(json.dumps(cfg, default=str)),
-                "base_model": self.base_fingerprint(), "rows": array_sha256(rows)[:16],
+                "base_model": self.base_fingerprint(), "rows": digest(rows)[:16],
                 "train_samples": samples, "valid_samples": valid}
 
     def fit(self, ds: InteractionDataset, rows: np.ndarray, *, out_dir: str | Path | None = None,
@@ -1210,7 +1210,7 @@ class BigRec(Recommender):
         ids = self.tokenizer(texts, return_attention_mask=False)["input_ids"] if texts else []
         lens = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lens.sum()))
-        return f"{self.base_fingerprint()}-{array_sha256(lens, flat)[:16]}"
+        return f"{self.base_fingerprint()}-{digest(lens, flat)[:16]}"
 
     def _embedding_dir(self) -> Path | None:
         c = self.config.embedding_cache_dir

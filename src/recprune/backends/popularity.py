@@ -13,7 +13,7 @@ from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_rows
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation.metrics import topk_items
-from recprune.utils.io import save_npy
+from recprune.store import save_npy
 
 
 @dataclass

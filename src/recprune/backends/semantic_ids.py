@@ -43,7 +43,7 @@ from torch import nn
 
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, DataError, RecpruneError
-from recprune.utils.io import save_npy, write_json
+from recprune.store import save_npy, write_json
 from recprune.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)

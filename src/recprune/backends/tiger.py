@@ -87,7 +87,7 @@ from recprune.backends.semantic_ids import (RQVAEConfig, item_embeddings, item_t
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
 from recprune.utils.cpu import flush_denormals
-from recprune.utils.io import atomic_path, save_npy, write_json
+from recprune.store import atomic_path, save_npy, write_json
 from recprune.utils.progress import progress as progress_bar
 from recprune.utils.seed import seed_everything
 

@@ -25,7 +25,7 @@ import pandas as pd
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation.metrics import recall_ndcg
-from recprune.utils.io import atomic_path, save_npy, write_json
+from recprune.store import atomic_path, save_npy, write_json
 
 DEFAULT_KS = (10, 20, 50)
 

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from recprune.data.dataset import InteractionDataset  # noqa: E402
-from recprune.utils.io import atomic_path  # noqa: E402
+from recprune.store import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:

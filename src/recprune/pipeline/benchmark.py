@@ -66,8 +66,8 @@ from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_opti
                                    run_finetune)
 from recprune.pipeline.select import SelectConfig, _data_key, _hash, _pool_rows, run_select
 from recprune.selection import SELECTORS, get_selector
-from recprune.utils.io import atomic_path, make_dir, write_json, write_text
-from recprune.utils.lock import DirLock
+from recprune.store import atomic_path, make_dir, write_json, write_text
+from recprune.store import DirLock
 
 log = logging.getLogger(__name__)
 

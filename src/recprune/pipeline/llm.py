@@ -41,7 +41,7 @@ from recprune.data import InteractionDataset, load_dataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation import DEFAULT_KS, EvalResult, eval_user_rows, evaluate_backend
 from recprune.pipeline.select import SelectConfig, _data_key, _hash, run_select
-from recprune.utils.io import make_dir, write_json, write_jsonl, write_text
+from recprune.store import make_dir, write_json, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from recprune.scoring.representations import EmbedConfig
 from recprune.selection import ScoreTable, Selection, check_budget, get_selector
 from recprune.surrogate import (SurrogateTrainConfig, build_samples, load_surrogate,
                                 save_surrogate, train_surrogate)
-from recprune.utils.io import (array_sha256, atomic_path, make_dir, save_npy, write_json,
+from recprune.store import (digest, atomic_path, make_dir, save_npy, write_json,
                               write_jsonl, write_text)
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _surrogate_key(sur) -> dict:
     checkpoint) reuses the caches, and any change of the weights invalidates them."""
     weights = [t.detach().cpu().numpy() for _, t in sorted(sur.model.state_dict().items())]
     return {"config": asdict(sur.config), "best_epoch": sur.best_epoch,
-            "weights": array_sha256(*weights)[:16]}
+            "weights": digest(*weights)[:16]}
 
 
 def _data_key(ds: InteractionDataset) -> dict:

@@ -95,7 +95,7 @@ import torch
 import torch.nn.functional as F
 
 from recprune.errors import ConfigError, ScoringError
-from recprune.utils.io import array_sha256, save_npy, write_json
+from recprune.store import digest, save_npy, write_json
 from recprune.llm.loading import cache_kv
 from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
                                   tokenize_records)
@@ -937,8 +937,8 @@ class EffortScorer:
         cfg["template"] = None  # covered by the samples' token ids
         base_params = [p for n, p in self._base.named_parameters() if "lora_" not in n]
         pick = [base_params[0], base_params[len(base_params) // 2], base_params[-1]]
-        wsha = array_sha256(*[p.detach().flatten()[:4096].float().cpu().numpy() for p in pick])
-        lsha = array_sha256(*[torch.cat([m.lora_A[self._adapter].weight.detach().flatten()[:2048],
+        wsha = digest(*[p.detach().flatten()[:4096].float().cpu().numpy() for p in pick])
+        lsha = digest(*[torch.cat([m.lora_A[self._adapter].weight.detach().flatten()[:2048],
                                  m.lora_B[self._adapter].weight.detach().flatten()[:2048]])
                       .float().cpu().numpy() for _, m in self._scored])
         mc = self._base.config
@@ -947,7 +947,7 @@ class EffortScorer:
                  "vocab_size": getattr(mc, "vocab_size", None),
                  "dtype": str(next(self._base.parameters()).dtype),
                  "weights_sha256": wsha[:16], "lora_init_sha256": lsha[:16]}
-        samples = {"n": ts.n, "tokens_sha256": array_sha256(ts.prefix_ids, ts.indptr, ts.ids,
+        samples = {"n": ts.n, "tokens_sha256": digest(ts.prefix_ids, ts.indptr, ts.ids,
                                                     ts.target, ts.n_targets)[:16]}
         return {"config": json.loads(json.dumps(cfg, default=str)), "model": model,
                 "samples": samples}
@@ -987,7 +987,7 @@ class EffortScorer:
 
     def _manifest(self, fp: dict, rows: np.ndarray, n_chunks: int) -> dict:
         return {"kind": "recprune.effort", "version": _CACHE_VERSION, **fp,
-                "rows": {"n": int(len(rows)), "sha256": array_sha256(rows.astype(np.int64))[:16]},
+                "rows": {"n": int(len(rows)), "sha256": digest(rows.astype(np.int64))[:16]},
                 "chunk_size": self.config.chunk_size, "n_chunks": n_chunks}
 
     def _open_cache(self, cache_dir: Path, fp: dict, rows: np.ndarray, n_chunks: int) -> None:

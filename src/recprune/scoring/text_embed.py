@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from recprune.errors import ConfigError, RecpruneError
-from recprune.utils.io import atomic_path
+from recprune.store import atomic_path
 from recprune.utils.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from recprune.errors import ConfigError, DataError, ScoringError
 from recprune.evaluation.metrics import recall_ndcg, summarize, topk_items
 from recprune.surrogate.samples import SurrogateSamples, build_samples
 from recprune.surrogate.sasrec import SASRec, SASRecConfig, sequence_losses
-from recprune.utils.io import atomic_path
+from recprune.store import atomic_path
 from recprune.utils.progress import progress
 from recprune.utils.seed import seed_everything
 

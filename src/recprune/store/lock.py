@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from recprune.utils.io import write_json
+from recprune.store.atomic import write_json
 
 
 class DirLock:

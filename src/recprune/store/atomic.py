@@ -1,12 +1,16 @@
-"""Atomic writes: a crash never leaves a half-written output behind."""
+"""Atomic writes: a crash never leaves a half-written file or directory behind.
+
+Files are written to a temporary sibling and renamed into place; directories are built in a
+temporary sibling (:func:`atomic_dir`) and swapped in with :func:`replace_dir`.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ from recprune.errors import ConfigError
 
 
 @contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +33,33 @@ def atomic_path(path: str | Path):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; on success it replaces ``path``
+    (see :func:`replace_dir`), on failure it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move directory ``src`` onto ``dst`` (replacing it) as atomically as the OS allows."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+        os.rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(src, dst)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -50,6 +81,14 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
             np.save(fh, arr)
 
 
+def read_json(path: str | Path) -> Any | None:
+    """The JSON in ``path``, or ``None`` when it is absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def make_dir(path: str | Path, what: str = "output directory") -> Path:
     """Create the directory ``path`` (and its parents) unless it exists; a path that is a file,
     or that cannot be created, is a ``ConfigError`` naming ``what`` (e.g. ``--cache-dir``)."""
@@ -62,16 +101,6 @@ def make_dir(path: str | Path, what: str = "output directory") -> Path:
         msg = e.strerror or str(e)
         raise ConfigError(f"{what} {path}: cannot create the directory ({msg})") from None
     return path
-
-
-def array_sha256(*arrays: np.ndarray) -> str:
-    """Hex sha256 of arrays' dtypes, shapes and bytes (cache keys and fingerprints)."""
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _json_default(o: Any) -> Any:
