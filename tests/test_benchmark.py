@@ -222,7 +222,7 @@ def test_resolve_budget():
     ({"budgets": (10000,)}, "candidate pool"),
     ({"seeds": 0}, "seeds must be >= 1"),
     ({"select_options": {"pool": 10}}, "set by the benchmark itself"),
-    ({"select_options": {"nope": 1}}, "bad select options"),
+    ({"select_options": {"nope": 1}}, "nope: unknown option"),
 ])
 def test_bad_configuration_is_refused_before_any_work(ds, tmp_path, kw, msg):
     with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):

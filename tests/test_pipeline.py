@@ -45,7 +45,7 @@ def test_dealrec_end_to_end_and_resume(tmp_path):
                        effort={"lora_layers": "last", "max_batch_tokens": 512})
     res = run_select(cfg, dataset=ds, show_progress=False)
     for f in ("config.json", "timings.json", "surrogate.pt", "scores.csv", "selected_users.txt",
-              "selection.json", "train.jsonl", "scores/influence.npy", "scores/influence.json"):
+              "selection.json", "train.jsonl", "scores/influence.npy", "scores/influence.manifest.json"):
         assert (out / f).exists(), f
     sel = [int(x) for x in (out / "selected_users.txt").read_text().split()]
     assert len(sel) == 16 == len(set(sel))
@@ -193,7 +193,7 @@ def test_retrained_surrogate_reuses_score_caches(tmp_path):
     machine that has the caches but not surrogate.pt, a deterministic retrain reuses them."""
     import torch
 
-    from recprune.pipeline.select import _surrogate_key
+    from recprune.scoring.context import surrogate_key as _surrogate_key
     from recprune.surrogate import load_surrogate
 
     ds = load_dataset("synthetic:120", n_items=80, seed=1)

@@ -384,7 +384,7 @@ def test_pipeline_computes_and_caches_new_scores(tmp_path):
                   grand=GrandConfig(epochs=1, seeds=2))
     r1 = run_select(SelectConfig(method="el2n", **common), dataset=ds, show_progress=False)
     assert (out / "scores" / "el2n.npy").exists() and "el2n" in r1.timings
-    meta = json.loads((out / "scores" / "el2n.json").read_text())
+    meta = json.loads((out / "scores" / "el2n.manifest.json").read_text())
     assert meta["shape"] == [ds.n_users]
     np.testing.assert_array_equal(np.sort(r1.selection.rows),
                                   np.sort(np.argsort(-r1.scores["el2n"])[:12]))
@@ -432,7 +432,7 @@ def test_pipeline_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="el2n mode"):
         run_select(SelectConfig(data="synthetic:50", budget=5, out=str(tmp_path), method="el2n",
                                 el2n=EL2NConfig(mode="late")))
-    with pytest.raises(ConfigError, match="bad embed options"):
+    with pytest.raises(ConfigError, match="embed.nope: unknown option"):
         SelectConfig(data="x", budget=1, out="y", embed={"nope": 1})
 
 

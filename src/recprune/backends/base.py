@@ -40,7 +40,8 @@ from recprune.errors import ConfigError, DataError
 from recprune.store import write_json
 from recprune.utils.registry import Registry
 
-BACKENDS: Registry[Recommender] = Registry("backend")  # type: ignore[name-defined]
+BACKENDS: Registry[Recommender] = Registry(
+    "backend", package="recprune.backends")  # type: ignore[name-defined]
 
 
 @dataclass
@@ -107,15 +108,11 @@ class Recommender(ABC):
 
 def create_backend(name: str, **options: Any) -> Recommender:
     """Instantiate a registered backend with its options (a clear error for unknown ones)."""
-    import recprune.backends  # noqa: F401 - registers the built-in backends
-
     return BACKENDS.create(name, **options)
 
 
 def load_backend(path: str | Path, *, device: str = "auto") -> Recommender:
     """Load a backend saved with :meth:`Recommender.save` (reads ``path/backend.json``)."""
-    import recprune.backends  # noqa: F401
-
     path = Path(path)
     manifest = path / "backend.json"
     if not manifest.is_file():

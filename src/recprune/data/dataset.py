@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recprune.errors import DataError
+from recprune.store.fingerprint import digest
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,12 @@ class InteractionDataset:
                                 path=self.source, field=name)
         if len(self.titles) != self.n_items + 1:
             raise DataError("title table does not match the number of items", path=self.source)
+
+    def fingerprint(self) -> dict:
+        """What identifies this dataset in cache keys: name, sizes, a digest of the training
+        sequences."""
+        return {"name": self.name, "users": self.n_users, "items": self.n_items,
+                "train": self.train.nnz, "checksum": digest(self.train.items)[:16]}
 
     def eval_rows(self, period: str = "test") -> np.ndarray:
         """Rows of users that have at least one interaction in ``period`` ('valid' or 'test')."""

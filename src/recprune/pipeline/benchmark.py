@@ -64,9 +64,10 @@ from recprune.errors import ConfigError, RecpruneError
 from recprune.evaluation import EvalResult, eval_user_rows, paired_test
 from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_options, run_evaluate,
                                    run_finetune)
-from recprune.pipeline.select import SelectConfig, _data_key, _hash, _pool_rows, run_select
+from recprune.pipeline.select import SelectConfig, run_select
+from recprune.pipeline.select import pool_rows as draw_pool
 from recprune.selection import SELECTORS, get_selector
-from recprune.store import atomic_path, make_dir, write_json, write_text
+from recprune.store import atomic_path, fingerprint, make_dir, rows_key, write_json, write_text
 from recprune.store import DirLock
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ def _select_cell(cfg: BenchmarkConfig, cell: Cell, ds: InteractionDataset, out: 
     sd = scfg.to_dict()
     if sd["effort_cache"] is None:  # keys of selections made before the option existed
         del sd["effort_cache"]
-    key = _hash(sd)
+    key = fingerprint(sd)
     done = d / "done.json"
 
     def reuse():
@@ -380,7 +381,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, dataset: InteractionDataset | None = 
     cfg.validate(ds.n_users)
     out = make_dir(cfg.out, "--out")
     write_json(out / "config.json", cfg.to_dict())
-    pool_rows = _pool_rows(ds, cfg.pool, cfg.pool_seed)
+    pool_rows = draw_pool(ds, cfg.pool, cfg.pool_seed)
     budgets = sorted({resolve_budget(b, len(pool_rows)) for b in cfg.budgets})
     eval_rows = eval_user_rows(ds, cfg.period, cfg.eval_users, cfg.eval_seed)
     ecommon = dict(data=cfg.data, period=cfg.period, ks=cfg.ks, eval_users=cfg.eval_users,
@@ -533,8 +534,8 @@ def _cell_key(cfg: BenchmarkConfig, ds: InteractionDataset, backend: str, opts: 
     """Everything a cell's evaluation depends on: the backend's full configuration, the data,
     the selected rows and the evaluation protocol (not the device, not file times)."""
     conf = create_backend(backend, **_backend_options(backend, opts, seed)).config_dict()
-    return _hash({"backend": backend, "options": conf, "data": _data_key(ds),
-                  "rows": _hash(np.asarray(rows, dtype=np.int64).tolist()),
+    return fingerprint({"backend": backend, "options": conf, "data": ds.fingerprint(),
+                  "rows": rows_key(rows),
                   "eval": {k: (list(v) if isinstance(v, tuple) else v)
                            for k, v in ecommon.items() if k not in ("device", "data")}})
 

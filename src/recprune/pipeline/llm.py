@@ -40,8 +40,8 @@ from recprune.backends.base import BACKENDS
 from recprune.data import InteractionDataset, load_dataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation import DEFAULT_KS, EvalResult, eval_user_rows, evaluate_backend
-from recprune.pipeline.select import SelectConfig, _data_key, _hash, run_select
-from recprune.store import make_dir, write_json, write_jsonl, write_text
+from recprune.pipeline.select import SelectConfig, run_select
+from recprune.store import fingerprint, make_dir, rows_key, write_json, write_jsonl, write_text
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ def run_finetune(cfg: FinetuneConfig, *, dataset: InteractionDataset | None = No
                 else np.arange(ds.n_users, dtype=np.int64))
     rows = np.asarray(rows, dtype=np.int64)
     run = make_dir(cfg.out, "--out")
-    key = _hash({"backend": cfg.backend, "options": backend.config_dict(), "data": _data_key(ds),
-                 "rows": _hash(rows.tolist())})
+    key = fingerprint({"backend": cfg.backend, "options": backend.config_dict(),
+                       "data": ds.fingerprint(), "rows": rows_key(rows)})
     fit_path, model_dir = run / "fit.json", run / "model"
     if fit_path.exists() and (model_dir / "backend.json").exists():
         try:
@@ -213,8 +213,8 @@ def run_evaluate(cfg: EvaluateConfig, *, dataset: InteractionDataset | None = No
     ds = dataset if dataset is not None else _load(cfg.data, cfg.trust_pickle)
     rows = eval_user_rows(ds, cfg.period, cfg.eval_users, cfg.seed)
     out = Path(cfg.out)
-    key = _hash({"config": {k: v for k, v in cfg.to_dict().items() if k != "out"},
-                 "backend": backend.config_dict(), "data": _data_key(ds),
+    key = fingerprint({"config": {k: v for k, v in cfg.to_dict().items() if k != "out"},
+                 "backend": backend.config_dict(), "data": ds.fingerprint(),
                  "model_stamp": _stamp(cfg.model)})
     if (out / "metrics.json").exists():
         try:

@@ -6,7 +6,7 @@
   import it explicitly).
 """
 
-from recprune.scoring.ihvp import SOLVERS, IHVPSolver, SolverReport, get_solver, register_solver
+from recprune.scoring.solvers import SOLVERS, IHVPSolver, SolverReport, get_solver, register_solver
 from recprune.scoring.influence import InfluenceConfig, InfluenceResult, influence_scores
 from recprune.scoring.objective import SurrogateObjective, resolve_params
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from recprune.errors import ScoringError
-from recprune.scoring.ihvp import SolverReport, get_solver
+from recprune.scoring.solvers import SolverReport, get_solver
 from recprune.scoring.objective import SurrogateObjective
 from recprune.surrogate.samples import SurrogateSamples
 from recprune.surrogate.sasrec import SASRec

@@ -3,11 +3,10 @@
 Registered: ``random``, ``greedy``, ``dealrec`` and its ablations ``dealrec_no_influence``,
 ``dealrec_no_effort``, ``dealrec_greedy``; the baselines ``grand``, ``el2n``, ``ccs``,
 ``tfdcon``, ``recranker``; ``goracs``; and ``recent`` (a recency control: random among the
-users active in the validation period).
+users active in the validation period). Every module of this package is imported when the
+registry is first asked, so a new method is one new file here (or a plugin module).
 """
 
-from recprune.selection import (ccs, dealrec, dealrec_ablations, el2n, goracs,  # noqa: F401
-                                grand, recent, recranker, simple, tfdcon)  # (registers the selectors)
 from recprune.selection.base import (SELECTORS, ScoreTable, Selection, Selector, check_budget,
                                      get_selector, minmax, register_selector, top_scores)
 from recprune.selection.dealrec import (DEALRec, equal_width_groups, overall_score,

@@ -25,7 +25,8 @@ import numpy as np
 from recprune.errors import ConfigError
 from recprune.utils.registry import Registry
 
-SELECTORS: Registry[Selector] = Registry("selection method")
+SELECTORS: Registry[Selector] = Registry("selection method",
+                                          package="recprune.selection")
 register_selector = SELECTORS.register
 
 

@@ -1,0 +1,1 @@
+"""The built-in scores, one file per family; each module registers its scores on import."""
