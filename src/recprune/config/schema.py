@@ -16,6 +16,8 @@ and load from plain data (JSON, YAML, TOML, CLI overrides) with :func:`from_dict
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from typing import Any, TypeVar
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -80,8 +82,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return TypeAdapter(type(cfg)).dump_python(cfg, mode="json")
 
 
+def _docstring_help(cls: type) -> dict[str, str]:
+    """``name: text`` lines of a class docstring (continuation lines indented deeper)."""
+    out: dict[str, str] = {}
+    current = None
+    for line in inspect.getdoc(cls).splitlines() if cls.__doc__ else []:
+        m = re.match(r"^(\w+)(?: / \w+)*: (.+)$", line)
+        if m:
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.startswith(" ") and line.strip():
+            out[current] += " " + line.strip()
+        else:
+            current = None
+    return out
+
+
 def fields_of(cls: type) -> list[dict[str, Any]]:
-    """``name``, ``type``, ``default`` and ``help`` of every option of ``cls`` (CLI help)."""
+    """``name``, ``type``, ``default`` and ``help`` of every option of ``cls`` (CLI help): the
+    help is the field's ``description`` or its ``name: text`` line in the class docstring."""
+    doc = _docstring_help(cls)
     out = []
     for f in dataclasses.fields(cls):
         info = getattr(cls, "__pydantic_fields__", {}).get(f.name)
@@ -93,7 +113,8 @@ def fields_of(cls: type) -> list[dict[str, Any]]:
             default = dataclasses.MISSING
         annotation = info.annotation if info is not None else f.type
         out.append({"name": f.name, "type": _type_name(annotation), "default": default,
-                    "help": (info.description if info is not None else None) or "",
+                    "help": (info.description if info is not None else None)
+                    or doc.get(f.name, ""),
                     "nested": default if dataclasses.is_dataclass(default) else None})
     return out
 

@@ -46,12 +46,17 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A CLI value: YAML scalars and flow collections (``3``, ``0.5``, ``true``, ``null``,
-    ``[1, 2]``, ``{a: 1}``); anything else stays the string it is."""
+    """A CLI value: JSON (``3``, ``1e-3``, ``true``, ``null``, ``[1, 2]``), else YAML flow
+    values (``[a, b]``, ``{a: 1}``); anything else stays the string it is."""
     try:
-        return yaml.safe_load(text) if text.strip() else text
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+    return value if isinstance(value, (list, dict)) else text
 
 
 def parse_overrides(items: Iterable[str], flag: str = "--set") -> list[tuple[list[str], Any]]:

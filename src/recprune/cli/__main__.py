@@ -1,0 +1,5 @@
+"""``python -m recprune.cli``."""
+
+from recprune.cli import main
+
+main()
