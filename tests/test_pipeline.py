@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -157,11 +156,8 @@ def test_cli_pickle_needs_trust(tmp_path):
     assert json.loads(r.stdout)["users"] == 2
 
 
-def test_data_stats_on_games():
-    games = "../shared/data/games"
-    if not shutil.os.path.isdir(games):
-        pytest.skip("shared Games data not present")
-    r = runner.invoke(app, ["data", "stats", "--data", games, "--json"])
+def test_data_stats_on_games(games_dir):
+    r = runner.invoke(app, ["data", "stats", "--data", str(games_dir), "--json"])
     assert r.exit_code == 0, r.output
     st = json.loads(r.stdout)
     assert (st["users"], st["items"], st["interactions"]) == (49156, 17332, 342329)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -12,9 +11,10 @@ from recprune.scoring import InfluenceConfig, influence_scores
 from recprune.selection import ScoreTable, get_selector
 from recprune.surrogate import SurrogateTrainConfig, build_samples, evaluate, train_surrogate
 
-GAMES = "../shared/data/games"
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not os.path.isdir(GAMES), reason="shared Games data absent")]
+from conftest import GAMES_DIR
+
+GAMES = str(GAMES_DIR)
+pytestmark = [pytest.mark.slow, pytest.mark.needs_games]
 
 
 def test_games_surrogate_influence_and_selection():

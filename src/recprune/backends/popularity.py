@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_rows, history_for)
+from recprune.backends.base import BACKENDS, FitResult, Recommender, check_rows, history_for
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, DataError
 from recprune.evaluation.metrics import topk_items

@@ -23,7 +23,8 @@ from recprune.cli.common import (
 @data_app.command("stats")
 @friendly
 def data_stats(data: DataOpt = "synthetic", trust_pickle: TrustOpt = False,
-               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+               ) -> None:
     """Dataset statistics (the paper's Table 1 columns plus sequence lengths)."""
     from recprune.data.stats import dataset_stats, format_stats
 

@@ -126,12 +126,14 @@ def select(
     surrogate_checkpoint: Annotated[Optional[Path], typer.Option(
         help="Reuse a trained surrogate (from 'recprune surrogate train').")] = None,
     effort_cache: EffortCacheOpt = None,
-    surrogate_loss: Annotated[str, typer.Option(help="'ce' (softmax) or 'bce' (1 negative).")] = "ce",
+    surrogate_loss: Annotated[str, typer.Option(
+        help="'ce' (softmax) or 'bce' (1 negative).")] = "ce",
     surrogate_epochs: Annotated[int, typer.Option(help="Max surrogate epochs.")] = 200,
     surrogate_minutes: Annotated[Optional[float], typer.Option(
         help="Wall-clock cap on surrogate training.")] = None,
     influence_params: Annotated[str, typer.Option(
-        help="'all' (paper), 'reference' (one 64x64 layer) or comma-separated names/globs.")] = "all",
+        help="'all' (paper), 'reference' (one 64x64 layer) or comma-separated names/globs.")
+    ] = "all",
     solver: Annotated[Solver, typer.Option(help="Inverse-HVP solver.")] = "lissa",  # type: ignore[assignment]
     lissa_depth: int = 5000,
     lissa_damping: float = 0.01,
@@ -140,7 +142,8 @@ def select(
     lissa_batch: int = 1,
     cg_damping: float = 0.25,
     lora_layers: Annotated[str, typer.Option(
-        help="Effort score LoRA layers: 'all' (paper), 'last' (reference) or indices '0,5,29'.")] = "all",
+        help="Effort score LoRA layers: 'all' (paper), 'last' (reference) or indices '0,5,29'.")
+    ] = "all",
     prefix: Annotated[str, typer.Option(
         help="Effort score prompt-prefix sharing: 'exact' (shared below the lowest scored LoRA "
              "layer; exact scores), 'fixed' (whole prefix as constant context: fastest, "

@@ -96,7 +96,8 @@ class Sequences:
 
     def to_padded(self, max_len: int, *, rows: np.ndarray | None = None,
                   drop_last: int = 0, pad_left: bool = True) -> np.ndarray:
-        """Last ``max_len`` items of each sequence (after dropping ``drop_last`` items), padded with 0.
+        """Last ``max_len`` items of each sequence (after dropping ``drop_last`` items),
+        padded with 0.
 
         Returns an ``int64`` array of shape ``(len(rows), max_len)``; left padding keeps the most
         recent item in the last column, as SASRec expects.

@@ -7,9 +7,16 @@
 * :func:`run_end_to_end` (``recprune run``): select -> fine-tune -> evaluate + one report.
 """
 
+from recprune.pipeline.llm import (
+                                   EvaluateConfig,
+                                   FinetuneConfig,
+                                   RunConfig,
+                                   load_selection,
+                                   run_end_to_end,
+                                   run_evaluate,
+                                   run_finetune,
+)
 from recprune.pipeline.select import SelectConfig, SelectResult, run_select
-from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, RunConfig, load_selection,
-                                   run_end_to_end, run_evaluate, run_finetune)
 
 __all__ = ["EvaluateConfig", "FinetuneConfig", "RunConfig", "SelectConfig", "SelectResult",
            "load_selection", "run_end_to_end", "run_evaluate", "run_finetune", "run_select"]

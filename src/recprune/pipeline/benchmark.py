@@ -62,13 +62,25 @@ from recprune.data import load_dataset
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, RecpruneError
 from recprune.evaluation import EvalResult, eval_user_rows, paired_test
-from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_options, run_evaluate,
-                                   run_finetune)
+from recprune.pipeline.llm import (
+    EvaluateConfig,
+    FinetuneConfig,
+    _backend_options,
+    run_evaluate,
+    run_finetune,
+)
 from recprune.pipeline.select import SelectConfig, run_select
 from recprune.pipeline.select import pool_rows as draw_pool
 from recprune.selection import SELECTORS, get_selector
-from recprune.store import atomic_path, fingerprint, make_dir, rows_key, write_json, write_text
-from recprune.store import DirLock
+from recprune.store import (
+    DirLock,
+    atomic_path,
+    fingerprint,
+    make_dir,
+    rows_key,
+    write_json,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +352,8 @@ def changed_settings(out: str | Path, cfg: BenchmarkConfig) -> dict[str, tuple]:
 def _check_settings(out: Path, cfg: BenchmarkConfig) -> None:
     diff = changed_settings(out, cfg)
     if diff:
-        lines = "\n".join(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in diff.items())
+        lines = "\n".join(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}"
+                          for k, (a, b) in diff.items())
         raise ConfigError(
             f"{out}/config.json was written with other settings, which its finished cells depend "
             f"on:\n{lines}\nrepeat the original options to continue that run, use another "
@@ -617,7 +630,7 @@ def significance(cfg: BenchmarkConfig, evals: dict) -> pd.DataFrame:
     (``p_ttest``, ``p_wilcoxon``) and the seed-level Welch test (``p_seeds``)."""
     rows = []
     groups: dict = {}
-    for (budget, method, seed, backend), ev in evals.items():
+    for (budget, method, _seed, backend), ev in evals.items():
         groups.setdefault((budget, method, backend), []).append(ev)
     for (budget, method, backend), evs in groups.items():
         if method == cfg.baseline:

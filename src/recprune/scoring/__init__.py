@@ -6,9 +6,9 @@
   import it explicitly).
 """
 
-from recprune.scoring.solvers import SOLVERS, IHVPSolver, SolverReport, get_solver, register_solver
 from recprune.scoring.influence import InfluenceConfig, InfluenceResult, influence_scores
 from recprune.scoring.objective import SurrogateObjective, resolve_params
+from recprune.scoring.solvers import SOLVERS, IHVPSolver, SolverReport, get_solver, register_solver
 
 __all__ = ["SOLVERS", "IHVPSolver", "InfluenceConfig", "InfluenceResult", "SolverReport",
            "SurrogateObjective", "get_solver", "influence_scores", "register_solver",

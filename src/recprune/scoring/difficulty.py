@@ -67,7 +67,6 @@ from recprune.surrogate.trainer import SurrogateTrainConfig, train_surrogate
 from recprune.utils.progress import progress
 
 
-
 @dataclass
 class GrandConfig:
     """GraNd options.
@@ -350,7 +349,7 @@ def early_scores(ds: InteractionDataset, base: SurrogateTrainConfig, rows: np.nd
         t = time.perf_counter()
         with progress(show_progress) as prog:
             task = prog.add_task(f"{label} (seed {k + 1}/{seeds})", total=n_active, info="")
-            total += score(model, samples, rows, lambda b: prog.advance(task, b))
+            total += score(model, samples, rows, lambda b, task=task: prog.advance(task, b))
         timing["score"] += time.perf_counter() - t
     return total / seeds, timing
 

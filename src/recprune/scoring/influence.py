@@ -1,6 +1,7 @@
 """Influence score (DEALRec Eq. 11).
 
-``I(s) = (1/n) grad L(s)^T x`` with ``x = (H + damping I)^{-1} v`` and ``v = (1/n) sum_i grad L(s_i)``
+``I(s) = (1/n) grad L(s)^T x`` with ``x = (H + damping I)^{-1} v`` and
+``v = (1/n) sum_i grad L(s_i)``
 (the "symmetric trick": one inverse-HVP serves every sample). ``I(s) > 0`` means that removing
 ``s`` would raise the empirical risk, i.e. ``s`` is useful. The scores of all samples come in
 batches, either from explicit per-sample gradients (``vmap(grad(.))``) contracted with ``x``, or
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 
 from recprune.errors import ScoringError
-from recprune.scoring.solvers import SolverReport, get_solver
 from recprune.scoring.objective import SurrogateObjective
+from recprune.scoring.solvers import SolverReport, get_solver
 from recprune.surrogate.samples import SurrogateSamples
 from recprune.surrogate.sasrec import SASRec
 from recprune.utils.progress import progress
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InfluenceConfig:
-    params: str | list[str] = "all"  # 'all' (the paper's theta), 'reference' (one 64x64 layer), names
+    # 'all' (the paper's theta), 'reference' (one 64x64 layer), or parameter names
+    params: str | list[str] = "all"
     solver: str = "lissa"
     solver_options: dict = field(default_factory=dict)
     per_sample: str = "jvp"  # 'jvp' (forward-mode, fast) or 'vmap' (explicit per-sample grads)
@@ -50,7 +52,8 @@ class InfluenceResult:
     seconds: dict[str, float]
 
 
-def influence_scores(model: SASRec, samples: SurrogateSamples, config: InfluenceConfig | None = None,
+def influence_scores(model: SASRec, samples: SurrogateSamples,
+                     config: InfluenceConfig | None = None,
                      *, loss: str = "ce", show_progress: bool = True) -> InfluenceResult:
     """Influence score of every training sample on the surrogate's empirical risk."""
     cfg = config or InfluenceConfig()

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recprune.errors import ConfigError
-from recprune.selection.base import (ScoreTable, Selection, Selector, check_budget,
-                                     register_selector)
+from recprune.selection.base import ScoreTable, Selection, Selector, check_budget, register_selector
 from recprune.selection.dealrec import equal_width_groups, stratified_sample
 
 

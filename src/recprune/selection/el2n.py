@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recprune.selection.grand import GraNd
 from recprune.selection.base import register_selector
+from recprune.selection.grand import GraNd
 
 
 @register_selector("el2n")

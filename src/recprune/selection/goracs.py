@@ -67,8 +67,7 @@ import numpy as np
 import torch
 
 from recprune.errors import ConfigError, ScoringError
-from recprune.selection.base import (ScoreTable, Selection, Selector, check_budget,
-                                     register_selector)
+from recprune.selection.base import ScoreTable, Selection, Selector, check_budget, register_selector
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +292,7 @@ def refine(C: np.ndarray, Ct: torch.Tensor, S: np.ndarray, *, max_iters: int = 1
         passes += 1
         cand = _candidate_swaps(Ct, S, res, cut_num, chunk_elems)
         improved = False
-        for ub, lb, r, a in cand.pairs[:cut_num]:
+        for ub, _lb, r, a in cand.pairs[:cut_num]:
             trial = S.copy()
             trial[r] = a
             new = ot_objective(C, trial, duals=True, num_itermax=num_itermax)

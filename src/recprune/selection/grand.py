@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recprune.selection.base import (ScoreTable, Selection, Selector, register_selector,
-                                     top_scores)
+from recprune.selection.base import ScoreTable, Selection, Selector, register_selector, top_scores
 
 
 @register_selector("grand")

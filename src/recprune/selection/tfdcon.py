@@ -25,10 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recprune.errors import ConfigError
-from recprune.selection.base import (ScoreTable, Selection, Selector, check_budget,
-                                     register_selector)
-from recprune.selection.clustering import (allocate, concat_normalised, draw_per_group,
-                                           kmeans_labels)
+from recprune.selection.base import ScoreTable, Selection, Selector, check_budget, register_selector
+from recprune.selection.clustering import allocate, concat_normalised, draw_per_group, kmeans_labels
 
 
 @register_selector("tfdcon")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from recprune.errors import ConfigError
-from recprune.store.atomic import (atomic_dir, make_dir, read_json, save_npy, write_json)
+from recprune.store.atomic import atomic_dir, make_dir, read_json, save_npy, write_json
 from recprune.store.diff import describe, diff
 from recprune.store.fingerprint import canonical, fingerprint
 

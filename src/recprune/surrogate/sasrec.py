@@ -95,7 +95,8 @@ class SASRec(nn.Module):
         x = self.item_emb(seq) * math.sqrt(self.cfg.hidden) + self.pos_emb(pos)
         x = self.emb_drop(x) * keep
         causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
-        allowed = causal.unsqueeze(0) & (seq > 0).unsqueeze(1)  # (B, L, L) key is real and not future
+        # (B, L, L): the key is a real item and not in the future
+        allowed = causal.unsqueeze(0) & (seq > 0).unsqueeze(1)
         # a large finite negative (not -inf) keeps fully-masked padding rows finite
         bias = torch.where(allowed, 0.0, -1e9).to(x.dtype).unsqueeze(1)
         for blk in self.blocks:

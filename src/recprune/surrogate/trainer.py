@@ -6,8 +6,8 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from recprune.data.dataset import InteractionDataset, Sequences
 from recprune.errors import ConfigError, DataError, ScoringError
 from recprune.evaluation.metrics import recall_ndcg, summarize, topk_items
+from recprune.store import atomic_path
 from recprune.surrogate.samples import SurrogateSamples, build_samples
 from recprune.surrogate.sasrec import SASRec, SASRecConfig, sequence_losses
-from recprune.store import atomic_path
 from recprune.utils.progress import progress
 from recprune.utils.seed import seed_everything
 
@@ -53,7 +53,8 @@ class SurrogateTrainConfig:
         if self.loss not in ("ce", "bce"):
             raise ConfigError(f"surrogate loss must be 'ce' or 'bce', got {self.loss!r}")
         if self.hidden % self.n_heads:
-            raise ConfigError(f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})")
+            raise ConfigError(f"hidden ({self.hidden}) must be divisible by n_heads "
+                              f"({self.n_heads})")
         for name in ("lr", "batch_size", "max_epochs", "max_len", "eval_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"surrogate {name} must be positive, got {getattr(self, name)}")

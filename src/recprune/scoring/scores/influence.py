@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from recprune.scoring.context import ScoringContext
-from recprune.scoring.registry import register_score
-
 from recprune.scoring.influence import influence_scores
+from recprune.scoring.registry import register_score
 
 
 def _key(ctx: ScoringContext) -> dict:

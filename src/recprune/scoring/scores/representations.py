@@ -8,9 +8,7 @@ import numpy as np
 
 from recprune.scoring.context import ScoringContext
 from recprune.scoring.registry import register_score
-from recprune.store import rows_key
-
-from recprune.store import save_npy
+from recprune.store import rows_key, save_npy
 
 
 def _sur_emb_key(ctx: ScoringContext) -> dict:
@@ -72,8 +70,7 @@ def _val_key(ctx: ScoringContext) -> dict:
 @register_score("val_emb", "aux", key=_val_key, order=100)
 def val_emb(ctx: ScoringContext) -> tuple[np.ndarray, dict]:
     """Sentence embeddings of GORACS's validation prompts (the latest validation interactions)."""
-    from recprune.scoring.representations import (record_text, validation_pairs,
-                                                   validation_records)
+    from recprune.scoring.representations import record_text, validation_pairs, validation_records
 
     pairs = validation_pairs(ctx.ds, ctx.cfg.embed.val_size, ctx.cfg.seed)
     save_npy(ctx.run / "scores" / "val_pairs.npy", pairs)

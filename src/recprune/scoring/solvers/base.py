@@ -2,7 +2,8 @@
 
 Every solver approximates ``x = (H + damping * I)^{-1} v`` for the empirical-risk Hessian ``H``
 of a :class:`~recprune.scoring.objective.SurrogateObjective` and returns ``(x, report)``; the
-report says how well it converged. Solvers are registered by name in :data:`SOLVERS`; each is one file of this package.
+report says how well it converged. Solvers are registered by name in :data:`SOLVERS`; each is
+one file of this package.
 
 - ``lissa``: LiSSA (Agarwal et al., 2017), the DEALRec paper's Algorithm 1, in the reference
   implementation's parametrisation ``h <- v + (1 - d) h - H_t h / scale`` with ``H_t`` a Hessian

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from recprune.errors import ScoringError
-from recprune.scoring.solvers.base import (IHVPSolver, SolverReport, _check_finite,
-                                           register_solver)
+from recprune.scoring.solvers.base import IHVPSolver, SolverReport, _check_finite, register_solver
 from recprune.utils.progress import progress
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recprune.scoring.solvers.base import (IHVPSolver, SolverReport, register_solver)
+from recprune.scoring.solvers.base import IHVPSolver, SolverReport, register_solver
 
 
 @register_solver("exact")
