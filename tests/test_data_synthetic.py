@@ -11,13 +11,8 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from recprune.data import (
-    InteractionDataset,
-    dataset_stats,
-    format_stats,
-    load_dataset,
-    make_synthetic,
-)
+from recprune.data import (InteractionDataset, dataset_stats, format_stats, load_dataset,
+                           make_synthetic)
 from recprune.errors import ConfigError
 
 

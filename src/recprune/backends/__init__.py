@@ -5,15 +5,8 @@ every module of this package is imported when the registry is first asked, so a 
 one new file here (or a plugin module, see :mod:`recprune.utils.registry`).
 """
 
-from recprune.backends.base import (
-                                    BACKENDS,
-                                    FitResult,
-                                    Recommender,
-                                    create_backend,
-                                    exclude_and_pad,
-                                    history_for,
-                                    load_backend,
-)
+from recprune.backends.base import (BACKENDS, FitResult, Recommender, create_backend,
+                                    exclude_and_pad, history_for, load_backend)
 
 __all__ = ["BACKENDS", "FitResult", "Recommender", "create_backend", "exclude_and_pad",
            "history_for", "load_backend"]

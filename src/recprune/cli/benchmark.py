@@ -8,22 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from recprune.cli.app import app
-from recprune.cli.common import (
-    DataOpt,
-    EffortCacheOpt,
-    EvalUsersOpt,
-    KsOpt,
-    LlmOpt,
-    TrustOpt,
-    console,
-    dotted,
-    friendly,
-    parse_budgets,
-    parse_ks,
-    parse_lora_layers,
-    score_options,
-    setup_logging,
-)
+from recprune.cli.common import (DataOpt, EffortCacheOpt, EvalUsersOpt, KsOpt, LlmOpt, TrustOpt,
+                                 console, dotted, friendly, parse_budgets, parse_ks,
+                                 parse_lora_layers, score_options, setup_logging)
 from recprune.cli.select import ScoreOptOpt
 from recprune.errors import RecpruneError
 

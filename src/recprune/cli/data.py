@@ -10,14 +10,7 @@ import typer
 from rich.console import Console
 
 from recprune.cli.app import data_app, surrogate_app
-from recprune.cli.common import (
-    DataOpt,
-    TrustOpt,
-    console,
-    friendly,
-    load_data,
-    setup_logging,
-)
+from recprune.cli.common import DataOpt, TrustOpt, console, friendly, load_data, setup_logging
 
 
 @data_app.command("stats")

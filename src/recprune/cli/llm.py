@@ -11,28 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from recprune.cli.app import app
-from recprune.cli.common import (
-    BackendOpt,
-    BatchOpt,
-    DataOpt,
-    EffortCacheOpt,
-    EpochsOpt,
-    EvalUsersOpt,
-    KsOpt,
-    LlmOpt,
-    LrOpt,
-    SetOpt,
-    TrustOpt,
-    backend_opts,
-    console,
-    friendly,
-    metrics_table,
-    parse_ks,
-    parse_lora_layers,
-    parse_sets,
-    score_options,
-    setup_logging,
-)
+from recprune.cli.common import (BackendOpt, BatchOpt, DataOpt, EffortCacheOpt, EpochsOpt,
+                                 EvalUsersOpt, KsOpt, LlmOpt, LrOpt, SetOpt, TrustOpt, backend_opts,
+                                 console, friendly, metrics_table, parse_ks, parse_lora_layers,
+                                 parse_sets, score_options, setup_logging)
 from recprune.cli.select import METHOD_HELP, MethodOptOpt, ScoreOptOpt
 from recprune.errors import RecpruneError
 

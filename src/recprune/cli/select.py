@@ -17,17 +17,8 @@ import typer
 from rich.table import Table
 
 from recprune.cli.app import app
-from recprune.cli.common import (
-    DataOpt,
-    EffortCacheOpt,
-    TrustOpt,
-    console,
-    friendly,
-    parse_lora_layers,
-    parse_sets,
-    score_options,
-    setup_logging,
-)
+from recprune.cli.common import (DataOpt, EffortCacheOpt, TrustOpt, console, friendly,
+                                 parse_lora_layers, parse_sets, score_options, setup_logging)
 from recprune.config import apply_overrides, from_dict, load_file, merge
 from recprune.errors import RecpruneError
 from recprune.scoring.solvers import SOLVERS

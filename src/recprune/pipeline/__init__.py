@@ -7,15 +7,8 @@
 * :func:`run_end_to_end` (``recprune run``): select -> fine-tune -> evaluate + one report.
 """
 
-from recprune.pipeline.llm import (
-                                   EvaluateConfig,
-                                   FinetuneConfig,
-                                   RunConfig,
-                                   load_selection,
-                                   run_end_to_end,
-                                   run_evaluate,
-                                   run_finetune,
-)
+from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, RunConfig, load_selection,
+                                   run_end_to_end, run_evaluate, run_finetune)
 from recprune.pipeline.select import SelectConfig, SelectResult, run_select
 
 __all__ = ["EvaluateConfig", "FinetuneConfig", "RunConfig", "SelectConfig", "SelectResult",

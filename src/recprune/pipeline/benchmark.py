@@ -62,25 +62,13 @@ from recprune.data import load_dataset
 from recprune.data.dataset import InteractionDataset
 from recprune.errors import ConfigError, RecpruneError
 from recprune.evaluation import EvalResult, eval_user_rows, paired_test
-from recprune.pipeline.llm import (
-    EvaluateConfig,
-    FinetuneConfig,
-    _backend_options,
-    run_evaluate,
-    run_finetune,
-)
+from recprune.pipeline.llm import (EvaluateConfig, FinetuneConfig, _backend_options, run_evaluate,
+                                   run_finetune)
 from recprune.pipeline.select import SelectConfig, run_select
 from recprune.pipeline.select import pool_rows as draw_pool
 from recprune.selection import SELECTORS, get_selector
-from recprune.store import (
-    DirLock,
-    atomic_path,
-    fingerprint,
-    make_dir,
-    rows_key,
-    write_json,
-    write_text,
-)
+from recprune.store import (DirLock, atomic_path, fingerprint, make_dir, rows_key, write_json,
+                            write_text)
 
 log = logging.getLogger(__name__)
 

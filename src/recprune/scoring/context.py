@@ -18,13 +18,8 @@ from recprune.scoring.influence import InfluenceConfig
 from recprune.scoring.registry import SCORES
 from recprune.scoring.representations import EmbedConfig
 from recprune.store import RunStore, digest, fingerprint
-from recprune.surrogate import (
-    SurrogateTrainConfig,
-    build_samples,
-    load_surrogate,
-    save_surrogate,
-    train_surrogate,
-)
+from recprune.surrogate import (SurrogateTrainConfig, build_samples, load_surrogate, save_surrogate,
+                                train_surrogate)
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,8 @@ users active in the validation period). Every module of this package is imported
 registry is first asked, so a new method is one new file here (or a plugin module).
 """
 
-from recprune.selection.base import (
-                                     SELECTORS,
-                                     ScoreTable,
-                                     Selection,
-                                     Selector,
-                                     check_budget,
-                                     get_selector,
-                                     minmax,
-                                     register_selector,
-                                     top_scores,
-)
+from recprune.selection.base import (SELECTORS, ScoreTable, Selection, Selector, check_budget,
+                                     get_selector, minmax, register_selector, top_scores)
 from recprune.selection.dealrec import DEALRec, equal_width_groups, overall_score, stratified_sample
 
 __all__ = ["DEALRec", "SELECTORS", "ScoreTable", "Selection", "Selector", "check_budget",

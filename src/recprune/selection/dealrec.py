@@ -7,14 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from recprune.errors import ConfigError
-from recprune.selection.base import (
-    ScoreTable,
-    Selection,
-    Selector,
-    check_budget,
-    minmax,
-    register_selector,
-)
+from recprune.selection.base import (ScoreTable, Selection, Selector, check_budget, minmax,
+                                     register_selector)
 
 
 def overall_score(influence: np.ndarray, effort: np.ndarray | None, lam: float) -> np.ndarray:

@@ -34,13 +34,8 @@ import numpy as np
 
 from recprune.errors import ConfigError
 from recprune.selection.base import ScoreTable, Selection, Selector, check_budget, register_selector
-from recprune.selection.clustering import (
-    allocate,
-    draw_per_group,
-    kmeans_labels,
-    l2_normalise,
-    weighted_p,
-)
+from recprune.selection.clustering import (allocate, draw_per_group, kmeans_labels, l2_normalise,
+                                           weighted_p)
 
 
 @register_selector("recranker")

@@ -8,27 +8,11 @@
 - :mod:`recprune.store.lock` — per-directory process locks.
 """
 
-from recprune.store.atomic import (
-                                   atomic_dir,
-                                   atomic_path,
-                                   make_dir,
-                                   read_json,
-                                   replace_dir,
-                                   save_npy,
-                                   write_json,
-                                   write_jsonl,
-                                   write_text,
-)
+from recprune.store.atomic import (atomic_dir, atomic_path, make_dir, read_json, replace_dir,
+                                   save_npy, write_json, write_jsonl, write_text)
 from recprune.store.diff import describe, diff
-from recprune.store.fingerprint import (
-                                   Hasher,
-                                   canonical,
-                                   digest,
-                                   digest_text,
-                                   fingerprint,
-                                   rows_key,
-                                   text_digests,
-)
+from recprune.store.fingerprint import (Hasher, canonical, digest, digest_text, fingerprint,
+                                        rows_key, text_digests)
 from recprune.store.lock import DirLock
 from recprune.store.runstore import ChunkedArray, RunStore
 

@@ -21,14 +21,8 @@ The item texts and their sentence embeddings come from :mod:`recprune.llm.text_e
 from recprune.backends.tiger.beam_search import StepDecoder, constrained_beam_search
 from recprune.backends.tiger.config import TigerConfig
 from recprune.backends.tiger.recommender import Tiger
-from recprune.backends.tiger.rqvae import (
-                                           RQVAE,
-                                           RQVAEConfig,
-                                           SemanticIDs,
-                                           assign_unique_ids,
-                                           semantic_ids,
-                                           train_rqvae,
-)
+from recprune.backends.tiger.rqvae import (RQVAE, RQVAEConfig, SemanticIDs, assign_unique_ids,
+                                           semantic_ids, train_rqvae)
 from recprune.backends.tiger.training import CHECKPOINT
 from recprune.backends.tiger.vocab import EOS, PAD, Vocab
 

@@ -29,17 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recprune.backends.base import (
-    BACKENDS,
-    FitResult,
-    Recommender,
-    check_period,
-    check_rows,
-    exclude_and_pad,
-    history_for,
-    resumed_fit_seconds,
-    training_rows,
-)
+from recprune.backends.base import (BACKENDS, FitResult, Recommender, check_period, check_rows,
+                                    exclude_and_pad, history_for, resumed_fit_seconds,
+                                    training_rows)
 from recprune.backends.tiger.beam_search import constrained_beam_search
 from recprune.backends.tiger.config import RUNTIME_ONLY, TigerConfig
 from recprune.backends.tiger.examples import encoder_inputs, history_examples, train_examples

@@ -22,21 +22,11 @@ from recprune.errors import ConfigError, ScoringError
 from recprune.llm.causal_lm import CausalLMParts
 from recprune.llm.kv_cache import expanded_cache
 from recprune.llm.lora import attach_lora, lora_modules, select_layers
-from recprune.llm.prompts import (
-    PromptTemplate,
-    TokenizedSamples,
-    build_records,
-    template_for,
-    tokenize_records,
-)
+from recprune.llm.prompts import (PromptTemplate, TokenizedSamples, build_records, template_for,
+                                  tokenize_records)
 from recprune.scoring.effort.attention import attention_configs, batch_state, packed_attention
-from recprune.scoring.effort.cache import (
-    cache_spec,
-    load_chunks,
-    open_cache,
-    open_finished,
-    scores_fingerprint,
-)
+from recprune.scoring.effort.cache import (cache_spec, load_chunks, open_cache, open_finished,
+                                           scores_fingerprint)
 from recprune.scoring.effort.config import EffortConfig
 from recprune.scoring.effort.hooks import LoraCapture, PrefixInsert
 from recprune.scoring.effort.layout import Batch, Layout, build_layout, plan_batches

@@ -9,13 +9,8 @@ import numpy as np
 import torch
 
 from recprune.errors import ConfigError
-from recprune.scoring.solvers.base import (
-    IHVPSolver,
-    SolverReport,
-    _check_finite,
-    register_solver,
-    relative_residual,
-)
+from recprune.scoring.solvers.base import (IHVPSolver, SolverReport, _check_finite, register_solver,
+                                           relative_residual)
 from recprune.utils.progress import progress
 
 
