@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 import recprune.pipeline.benchmark as bm
+import recprune.pipeline.benchmark.grid as grid
+from recprune.evaluation.statistics import seed_test
 from recprune.evaluation import plots
 from recprune.cli import app
 from recprune.data import load_dataset
@@ -107,8 +109,8 @@ def test_rerun_recomputes_nothing_and_new_seeds_only_add(ds, tmp_path, monkeypat
     run_benchmark(cfg, dataset=ds, progress=False)
     marks = {p: p.stat().st_mtime_ns for p in tmp_path.glob("cells/**/*.json")}
     calls = []
-    real = bm.run_select
-    monkeypatch.setattr(bm, "run_select", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = grid.run_select
+    monkeypatch.setattr(grid, "run_select", lambda *a, **k: calls.append(1) or real(*a, **k))
     res = run_benchmark(cfg, dataset=ds, progress=False)
     assert calls == []
     assert {p: p.stat().st_mtime_ns for p in marks} == marks
@@ -134,14 +136,14 @@ def test_changed_cell_settings_in_a_run_directory_are_refused(ds, tmp_path, monk
     assert bm.changed_settings(tmp_path, same) == {}
     # a dropped option, another test subset: named, with both values, before the data is even
     # loaded, and nothing is computed
-    monkeypatch.setattr(bm, "run_select", lambda *a, **k: pytest.fail("selected"))
+    monkeypatch.setattr(grid, "run_select", lambda *a, **k: pytest.fail("selected"))
     bad = _cfg(tmp_path, eval_users=60)
     assert bm.changed_settings(tmp_path, bad) == {
         "eval_users": (50, 60), "select_options.effort_cache": ("elsewhere/effort", None)}
     with pytest.raises(ConfigError, match=r"(?s)eval_users: 50 -> 60.*effort_cache: "
                                           r"\"elsewhere/effort\" -> null.*--recompute"):
         run_benchmark(bad, dataset=ds, progress=False)
-    monkeypatch.setattr(bm, "load_dataset", lambda *a, **k: pytest.fail("data loaded first"))
+    monkeypatch.setattr(grid, "load_dataset", lambda *a, **k: pytest.fail("data loaded first"))
     r = CliRunner().invoke(app, ["benchmark", "--data", "synthetic:240", "--out", str(tmp_path),
                                  "--methods", "random", "--backends", "pop", "--budget", "16",
                                  "--eval-users", "60", "--quiet"])
@@ -194,12 +196,12 @@ def test_seed_test_treats_seeds_as_the_random_unit():
         return EvalResult(period="test", ks=(20,), rows=np.arange(50), user_ids=np.arange(50),
                           per_user={"ndcg@20": x})
 
-    far = bm.seed_test([ev(0.5), ev(0.51), ev(0.52)], [ev(0.1), ev(0.11), ev(0.12)], "ndcg@20")
-    near = bm.seed_test([ev(0.10), ev(0.2)], [ev(0.11), ev(0.19)], "ndcg@20")
+    far = seed_test([ev(0.5), ev(0.51), ev(0.52)], [ev(0.1), ev(0.11), ev(0.12)], "ndcg@20")
+    near = seed_test([ev(0.10), ev(0.2)], [ev(0.11), ev(0.19)], "ndcg@20")
     assert far < 0.01 < 0.5 < near <= 1.0
-    assert np.isnan(bm.seed_test([ev(0.5)], [ev(0.1), ev(0.2)], "ndcg@20"))
+    assert np.isnan(seed_test([ev(0.5)], [ev(0.1), ev(0.2)], "ndcg@20"))
     # seeds that do not vary on either side leave the test undefined, not p = 0
-    assert np.isnan(bm.seed_test([ev(0.5), ev(0.5)], [ev(0.1), ev(0.1)], "ndcg@20"))
+    assert np.isnan(seed_test([ev(0.5), ev(0.5)], [ev(0.1), ev(0.1)], "ndcg@20"))
 
 
 def test_resolve_budget():
@@ -265,7 +267,7 @@ def test_shards_cover_the_grid_and_the_final_run_reuses_them(ds, tmp_path, monke
         assert run_benchmark(cfg, dataset=ds, progress=False, shard=(i, 2)) is None
     assert len(list(tmp_path.glob("cells/b16/*/s*/pop/eval/metrics.json"))) == 4
     calls = []
-    monkeypatch.setattr(bm, "run_select", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(grid, "run_select", lambda *a, **k: calls.append(1))
     res = run_benchmark(cfg, dataset=ds, progress=False)
     assert calls == [] and len(res.cells) == 5
     with pytest.raises(ConfigError, match="shard"):
@@ -283,15 +285,15 @@ def test_finished_cells_need_no_model_and_a_changed_option_recomputes(ds, tmp_pa
     assert len(records) == 4
     for d in tmp_path.glob("cells/b16/*/s*/pop/finetune"):
         shutil.rmtree(d)
-    real_eval = bm.run_evaluate
+    real_eval = grid.run_evaluate
 
     def evaluate(ecfg, **kw):  # the most-popular cell is re-evaluated (cheap), no grid cell is
         if "cells/b16" in ecfg.out:
             pytest.fail("re-evaluated")
         return real_eval(ecfg, **kw)
 
-    monkeypatch.setattr(bm, "run_finetune", lambda *a, **k: pytest.fail("re-fitted"))
-    monkeypatch.setattr(bm, "run_evaluate", evaluate)
+    monkeypatch.setattr(grid, "run_finetune", lambda *a, **k: pytest.fail("re-fitted"))
+    monkeypatch.setattr(grid, "run_evaluate", evaluate)
     again = run_benchmark(cfg, dataset=ds, progress=False)
     cols = ["method", "seed", "ndcg@20", "recall@20", "finetune_s", "epochs"]
     pd.testing.assert_frame_equal(first.cells[cols], again.cells[cols])
@@ -352,7 +354,7 @@ def test_finished_only_tabulates_what_is_done_and_computes_nothing(ds, tmp_path,
     (tmp_path / "cells/b16/el2n/s1/pop/cell.json").unlink()
     calls = []
     for name in ("run_select", "run_finetune"):
-        monkeypatch.setattr(bm, name, lambda *a, **k: calls.append(1) / 0)
+        monkeypatch.setattr(grid, name, lambda *a, **k: calls.append(1) / 0)
     # a third seed of every method: selected nowhere yet
     res = run_benchmark(_cfg(tmp_path, methods=("random", "el2n"), seeds=3), dataset=ds,
                         progress=False, finished_only=True)
@@ -386,17 +388,17 @@ def test_a_cell_locked_by_another_process_is_skipped_then_collected(ds, tmp_path
     assert "2 cell(s) of the grid are not finished" in report
     assert "b16/random/s1/pop" in report and "b16/el2n/s0/pop" in report
     # the other process's cell finishes while this one runs: it is collected at the end
-    original = bm._backend_cell
+    original = grid._backend_cell
 
     def other_process_finishes_it(cfg_, ds_, out, cell, backend, *a, compute=True, **kw):
         if compute and (cell.method, cell.seed) == ("random", 1):
             original(cfg_, ds_, out, cell, backend, *a, compute=True, **kw)
-            return bm.BUSY
+            return grid.BUSY
         return original(cfg_, ds_, out, cell, backend, *a, compute=compute, **kw)
 
     busy_cell.release()
     busy_sel.release()
-    monkeypatch.setattr(bm, "_backend_cell", other_process_finishes_it)
+    monkeypatch.setattr(grid, "_backend_cell", other_process_finishes_it)
     res = run_benchmark(cfg, dataset=ds, progress=False)
     done = {(r.method, r.seed) for r in res.cells.itertuples() if r.method != "most-popular"}
     assert done == {("random", 0), ("random", 1), ("el2n", 0), ("el2n", 1)}
@@ -409,13 +411,13 @@ def test_interrupted_cells_resume_before_new_ones(ds, tmp_path, monkeypatch):
     ckpt.mkdir(parents=True)
     (ckpt / "fit.pt").write_bytes(b"")  # an earlier process stopped in this cell's fine-tune
     order = []
-    original = bm._backend_cell
+    original = grid._backend_cell
 
     def record(cfg_, ds_, out, cell, backend, *a, **kw):
         order.append((cell.method, cell.seed))
         return original(cfg_, ds_, out, cell, backend, *a, **kw)
 
-    monkeypatch.setattr(bm, "_backend_cell", record)
+    monkeypatch.setattr(grid, "_backend_cell", record)
     run_benchmark(cfg, dataset=ds, progress=False)
     assert order == [("el2n", 1), ("random", 0), ("random", 1), ("el2n", 0)]
     order.clear()

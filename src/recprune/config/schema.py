@@ -47,7 +47,7 @@ def config(cls: type[T] | None = None, /, *, frozen: bool = False) -> Any:
 
         __init__.__doc__ = init.__doc__
         out.__init__ = __init__  # type: ignore[method-assign]
-        return out
+        return out  # type: ignore[return-value]
 
     return wrap if cls is None else wrap(cls)
 
@@ -86,7 +86,7 @@ def _docstring_help(cls: type) -> dict[str, str]:
     """``name: text`` lines of a class docstring (continuation lines indented deeper)."""
     out: dict[str, str] = {}
     current = None
-    for line in inspect.getdoc(cls).splitlines() if cls.__doc__ else []:
+    for line in (inspect.getdoc(cls) or "").splitlines():
         m = re.match(r"^(\w+)(?: / \w+)*: (.+)$", line)
         if m:
             current = m.group(1)

@@ -72,7 +72,7 @@ def flush_denormals(device: torch.device | str = "cpu") -> Iterator[bool]:
     A model that has trained for a while produces many subnormal values (e.g. softmax
     probabilities of tokens it has learnt to rule out); x86 CPUs handle those in microcode, and
     one training step of a trained TIGER T5 took 1.65x as long as with them flushed
-    (docs/benchmarks.md (f)). Flushing (FTZ/DAZ) changes values below 1.2e-38 only. Yields
+    (docs/benchmarks.md, section 2.2). Flushing (FTZ/DAZ) changes values below 1.2e-38 only. Yields
     whether every thread flushes (checked on a probe tensor; a warning says when only some
     do). On exit flushing is off again in every thread, unless it was already on in every
     thread on entry (then the block changes nothing). A no-op off the CPU, and False where the
