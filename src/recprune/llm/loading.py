@@ -18,7 +18,6 @@ source file changed (size or modification time) is rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from recprune.store import digest_text
 from recprune.errors import RecpruneError
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ def _source_stamp(path: Path) -> dict:
 def _cache_name(gguf: Path) -> str:
     if gguf.name == SMOLLM2_FILE:
         return gguf.stem  # SmolLM2-135M-Instruct.Q4_1
-    digest = hashlib.sha256(str(gguf).encode()).hexdigest()[:10]
-    return f"{gguf.stem}-{digest}"
+    return f"{gguf.stem}-{digest_text(str(gguf))[:10]}"
 
 
 def _cache_valid(cache: Path, stamp: dict) -> bool:
