@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from recprune.backends import create_backend, load_backend
-from recprune.backends.bigrec import (BigRec, _stop_after_quote_processor, build_prompt_records,
-                                      clean_generation)
-from recprune.data import Sequences, make_synthetic
+from recprune.backends.bigrec import BigRec, clean_generation, training
+from recprune.backends.bigrec.generation import stop_after_quote_processor
+from recprune.backends.bigrec.loss import loss_pass, micro_batches
+from recprune.backends.bigrec.training import tokenize_samples
+from recprune.data import InteractionDataset, Sequences, make_synthetic
 from recprune.errors import ConfigError, DataError, RecpruneError, ScoringError
 from recprune.llm.prompts import build_records, template_for
 
@@ -78,16 +80,28 @@ def make(tiny_dir, tmp_path):
 
 def randomise_lora_b(m: BigRec, std: float = 0.1, seed: int = 1) -> None:
     """Non-zero lora_B so that the adapter changes the outputs and lora_A gets gradients."""
-    m._ensure_model()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for n, p in m._pm.named_parameters():
+        for n, p in m.lm.peft.named_parameters():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def lora_state(m: BigRec) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in m._adapter_state().items()}
+    return m.lm.adapter_state()
+
+
+def samples(m: BigRec, records: list[dict], tpl):
+    return tokenize_samples(records, m.lm.tokenizer, tpl, m.config)
+
+
+def batch_loss(m: BigRec, ts, batches, share: bool) -> tuple[float, torch.Tensor, int]:
+    """Summed loss of one optimizer batch, the LoRA gradient and the tokens run."""
+    for p in m.lm.lora_params:
+        p.grad = None
+    loss, run = loss_pass(m.lm, ts, batches, grad=True, denom=float(ts.n_targets.sum()),
+                          share_prefix=share, loss_on=m.config.loss_on)
+    return loss, torch.cat([p.grad.flatten() for p in m.lm.lora_params]), run
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -119,7 +133,7 @@ def test_stop_after_closing_quote():
     q = torch.zeros(10, dtype=torch.long)
     q[5] = 1  # token 5 is '"'
     q[6] = 2  # token 6 holds two quotes
-    proc = _stop_after_quote_processor(q, start=2, eos_id=0)
+    proc = stop_after_quote_processor(q, start=2, eos_id=0)
     ids = torch.tensor([[9, 9, 5, 3, 5], [9, 9, 5, 3, 3], [9, 9, 6, 3, 3], [5, 5, 3, 3, 3]])
     out = proc(ids, torch.zeros(4, 10))
     assert torch.equal(out[0], torch.tensor([0.0] + [-torch.inf] * 9))
@@ -127,26 +141,35 @@ def test_stop_after_closing_quote():
     assert (out[1] == 0).all() and (out[3] == 0).all()  # prompt quotes do not count
 
 
-def test_prompt_records_generalise_build_records(ds, tiny_dir):
-    """(history = train[:-1], target = train[-1]) gives exactly build_records' records, also
-    when a short cutoff forces dropping titles."""
+def test_valid_and_test_prompts_of_the_one_builder(ds, tiny_dir):
+    """The validation record of a user (history = train, target = first valid item) equals the
+    training record of the sequence train + that item, also when a short cutoff drops titles;
+    generation prompts list train + valid and have an empty output."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_dir))
     tpl = template_for(ds.name)
-    rows = np.flatnonzero(ds.train.lengths >= 2)
-    hist = Sequences.from_lists([ds.train[u][:-1] for u in rows])
-    last = np.array([ds.train[u][-1] for u in rows])
+    rows = np.flatnonzero(ds.valid.lengths > 0)
+    empty = Sequences.from_lists([[] for _ in rows])
+    shifted = InteractionDataset(
+        name=ds.name, train=Sequences.from_lists([[*ds.train[u], ds.valid[u][0]] for u in rows]),
+        valid=empty, test=empty, n_items=ds.n_items, titles=ds.titles, user_ids=ds.user_ids[rows])
     for cutoff in (None, 512, 110):
-        a = build_records(ds, rows, tpl, tokenizer=tok, cutoff_len=cutoff)
-        b = build_prompt_records(tpl, ds.titles, hist, last, tokenizer=tok, cutoff_len=cutoff)
+        a = build_records(shifted, None, tpl, tokenizer=tok, cutoff_len=cutoff)
+        b = build_records(ds, rows, tpl, period="valid", tokenizer=tok, cutoff_len=cutoff)
         assert a == b
-    short = build_prompt_records(tpl, ds.titles, hist, last, tokenizer=tok, cutoff_len=110)
+    short = build_records(ds, rows, tpl, period="valid", tokenizer=tok, cutoff_len=110)
     assert any(r["input"] != f["input"] for r, f in
-               zip(short, build_records(ds, rows, tpl, tokenizer=tok, cutoff_len=None)))
-    test = build_prompt_records(tpl, ds.titles, hist, None, tokenizer=tok, cutoff_len=110,
-                                add_eos=False)
+               zip(short, build_records(ds, rows, tpl, period="valid", cutoff_len=None)))
+    test = build_records(ds, rows, tpl, period="test", with_target=False, tokenizer=tok,
+                         cutoff_len=None, add_eos=False)
+    hist = ds.train.concat(ds.valid)
     assert all(r["output"] == "" for r in test)
+    assert [r["input"] for r in test] == [
+        tpl.input_text([tpl.title_text(i, ds.titles[i]) for i in hist[u]]) for u in rows]
+    with pytest.raises(DataError, match="no test item"):
+        build_records(ds, np.flatnonzero(ds.test.lengths == 0)[:1], tpl, period="test",
+                      cutoff_len=None)
 
 
 # ----------------------------------------------------------------------------- training
@@ -159,18 +182,10 @@ def test_prefix_sharing_equals_plain_forward(ds, make, train_on_inputs):
     randomise_lora_b(m)
     tpl = m._template(ds)
     rows = np.flatnonzero(ds.train.lengths >= 2)[:10]
-    ts = m._tokenize(build_records(ds, rows, tpl, tokenizer=m.tokenizer), tpl)
-    groups = m._groups(ts, np.arange(ts.n), 3)
-    assert len(groups) >= 3
-    denom = float(ts.n_targets.sum())
-    res = {}
-    for share in (True, False):
-        m.config.share_prefix = share
-        for p in m._lora_params:
-            p.grad = None
-        loss, run = m._loss_pass(ts, groups, grad=True, denom=denom)
-        res[share] = (loss, torch.cat([p.grad.flatten() for p in m._lora_params]), run)
-    (l1, g1, run1), (l0, g0, run0) = res[True], res[False]
+    ts = samples(m, build_records(ds, rows, tpl, tokenizer=m.lm.tokenizer), tpl)
+    batches = micro_batches(ts, np.arange(ts.n), 3, m.config.max_micro_tokens)
+    assert len(batches) >= 3
+    (l1, g1, run1), (l0, g0, run0) = (batch_loss(m, ts, batches, share) for share in (True, False))
     assert l1 == pytest.approx(l0, rel=1e-5)
     assert float((g1 - g0).norm() / g0.norm()) < 1e-5
     assert float((g1 - g0).abs().max() / g0.abs().max()) < 1e-5
@@ -204,9 +219,8 @@ def test_early_stopping_keeps_best_epoch(ds, make):
 
 def test_nan_loss_raises_naming_epoch_and_step(ds, make):
     m = make()
-    m._ensure_model()
     with torch.no_grad():
-        m._lm.get_input_embeddings().weight.fill_(float("nan"))
+        m.lm.base.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(ScoringError, match="epoch 1, step 1"):
         m.fit(ds, np.arange(16), progress=False)
 
@@ -219,20 +233,23 @@ def test_resume_after_interruption_equals_uninterrupted_fit(ds, make, tmp_path, 
 
     out = tmp_path / "ckpt"
     calls = {"n": 0}
-    orig = BigRec._valid_loss
+    orig = training.valid_loss
 
-    def crash_in_epoch_2(self, vts):
+    def crash_in_epoch_2(lm, valid, config):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return orig(self, vts)
+        return orig(lm, valid, config)
 
-    monkeypatch.setattr(BigRec, "_valid_loss", crash_in_epoch_2)
+    monkeypatch.setattr(training, "valid_loss", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         make(epochs=3, patience=None).fit(ds, rows, out_dir=out, progress=False)
-    monkeypatch.setattr(BigRec, "_valid_loss", orig)
-    state = json.loads((out / "fit_state.json").read_text())
-    assert state["epochs_done"] == 1 and (out / "epoch_001" / "adapter").is_dir()
+    monkeypatch.setattr(training, "valid_loss", orig)
+    ckpt = out / "checkpoint"
+    state = json.loads((ckpt / "progress.json").read_text())
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 0, 1)
+    assert {"adapter.safetensors", "best_adapter.safetensors", "optim.pt"} <= {
+        p.name for p in ckpt.iterdir()}
 
     again = make(epochs=3, patience=None)
     res = again.fit(ds, rows, out_dir=out, progress=False)
@@ -245,10 +262,19 @@ def test_resume_after_interruption_equals_uninterrupted_fit(ds, make, tmp_path, 
     assert res.best_epoch == full.fit_result.best_epoch
     for k in want:
         assert torch.allclose(got[k], want[k], atol=1e-6), k
-    assert len(list(out.glob("epoch_*"))) <= 2  # only the last and the best are kept
+    # one checkpoint (with its manifest), also after the fit
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "checkpoint.manifest.json"]
+    assert json.loads((ckpt / "progress.json").read_text())["epoch"] == 3
+    done = make(epochs=3, patience=None)  # a finished fit restores its best adapter
+    assert done.fit(ds, rows, out_dir=out, progress=False).best_epoch == res.best_epoch
+    for k, v in lora_state(done).items():
+        assert torch.equal(v, got[k]), k
 
-    with pytest.raises(ConfigError, match="different fit"):
+    with pytest.raises(ConfigError, match=r"options\.lr: 0\.01 \(stored\) vs 0\.005.*different"):
         make(epochs=3, patience=None, lr=5e-3).fit(ds, rows, out_dir=out, progress=False)
+    (ckpt / "progress.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable checkpoint"):
+        make(epochs=3, patience=None).fit(ds, rows, out_dir=out, progress=False)
 
 
 def test_resume_inside_an_epoch_equals_uninterrupted_fit(ds, make, tmp_path, monkeypatch):
@@ -262,25 +288,25 @@ def test_resume_inside_an_epoch_equals_uninterrupted_fit(ds, make, tmp_path, mon
 
     out = tmp_path / "ckpt"
     calls = {"n": 0}
-    orig = BigRec._loss_pass
+    orig = training.loss_pass
 
-    def crash_mid_epoch_2(self, ts, groups, grad, denom, where):
+    def crash_mid_epoch_2(lm, ts, batches, *, grad, **kw):
         if grad:
             calls["n"] += 1
             if calls["n"] == steps + 3:  # die at step 3 of epoch 2
                 raise KeyboardInterrupt
-        return orig(self, ts, groups, grad=grad, denom=denom, where=where)
+        return orig(lm, ts, batches, grad=grad, **kw)
 
-    monkeypatch.setattr(BigRec, "_loss_pass", crash_mid_epoch_2)
+    monkeypatch.setattr(training, "loss_pass", crash_mid_epoch_2)
     with pytest.raises(KeyboardInterrupt):  # checkpoint before every step
         make(checkpoint_minutes=1e-9, **opts).fit(ds, rows, out_dir=out, progress=False)
-    monkeypatch.setattr(BigRec, "_loss_pass", orig)
-    part = json.loads((out / "partial" / "partial.json").read_text())
-    assert part["epoch"] == 1 and part["steps"] == 2
+    monkeypatch.setattr(training, "loss_pass", orig)
+    part = json.loads((out / "checkpoint" / "progress.json").read_text())
+    assert part["epoch"] == 1 and part["step"] == 2 and len(part["history"]) == 1
 
     again = make(checkpoint_minutes=1e-9, **opts)
     res = again.fit(ds, rows, out_dir=out, progress=False)
-    assert len(res.history) == 2 and not (out / "partial").exists()
+    assert len(res.history) == 2 and res.stats["resumed_after_epoch"] == 1
     assert res.seconds == pytest.approx(res.stats["seconds_this_process"]
                                         + res.history[0]["seconds"] + part["seconds"])
     got = lora_state(again)
@@ -440,17 +466,10 @@ def test_smollm2_prefix_sharing_exact_and_generation(games, tmp_path):
     randomise_lora_b(m, std=0.02)
     tpl = m._template(games)
     rows = np.array([15, 73, 19, 31])  # short histories
-    ts = m._tokenize(build_records(games, rows, tpl, tokenizer=m.tokenizer), tpl)
-    groups = m._groups(ts, np.arange(ts.n), 2)
-    res = {}
-    for share in (True, False):
-        m.config.share_prefix = share
-        for p in m._lora_params:
-            p.grad = None
-        loss, _ = m._loss_pass(ts, groups, grad=True, denom=float(ts.n_targets.sum()))
-        res[share] = (loss, torch.cat([p.grad.flatten() for p in m._lora_params]))
-    assert res[True][0] == pytest.approx(res[False][0], rel=1e-5)
-    g1, g0 = res[True][1], res[False][1]
+    ts = samples(m, build_records(games, rows, tpl, tokenizer=m.lm.tokenizer), tpl)
+    batches = micro_batches(ts, np.arange(ts.n), 2, m.config.max_micro_tokens)
+    (l1, g1, _), (l0, g0, _) = (batch_loss(m, ts, batches, share) for share in (True, False))
+    assert l1 == pytest.approx(l0, rel=1e-5)
     assert float((g1 - g0).norm() / g0.norm()) < 1e-4
     gens = {}
     for share in (True, False):

@@ -86,6 +86,38 @@ def test_bad_rows_and_empty_sequences():
         build_records(bad, cutoff_len=None)
 
 
+def test_periods_and_generation_prompts():
+    """period: the target is the last training item, the first validation or test item; the
+    history is every item before it. with_target=False: empty outputs, no target needed."""
+    base = tiny_dataset()
+    ds = InteractionDataset(name="games", train=base.train,
+                            valid=Sequences.from_lists([[4], [], [1, 2]]),
+                            test=Sequences.from_lists([[2], [1], []]), n_items=4,
+                            titles=base.titles, user_ids=base.user_ids)
+    t = GAMES_TEMPLATE.input_text
+
+    def rec(period: str, rows: list[int], **kw) -> list[tuple[str, str]]:
+        return [(r["input"], r["output"])
+                for r in build_records(ds, rows, period=period, cutoff_len=None, **kw)]
+
+    assert rec("valid", [0, 2]) == [(t(["Halo 3 (Xbox 360)", "Item 2", "Anno 2070"]),
+                                      '"Portal 2"'),
+                                     (t(["Portal 2"]), '"Halo 3 (Xbox 360)"')]
+    assert rec("test", [0, 1]) == [(t(["Halo 3 (Xbox 360)", "Item 2", "Anno 2070", "Portal 2"]),
+                                     '"Item 2"'),
+                                    (t(["Item 2", "Anno 2070"]), '"Halo 3 (Xbox 360)"')]
+    assert rec("test", [1, 2], with_target=False) == [(t(["Item 2", "Anno 2070"]), ""),
+                                                      (t(["Portal 2", "Halo 3 (Xbox 360)",
+                                                          "Item 2"]), "")]
+    assert rec("train", [0], with_target=False) == [(t(["Halo 3 (Xbox 360)", "Item 2"]), "")]
+    assert build_records(ds, [0, 1], cutoff_len=None) == build_records(
+        ds, [0, 1], period="train", cutoff_len=None)
+    with pytest.raises(DataError, match="user 11 has no validation item"):
+        build_records(ds, [0, 1], period="valid", cutoff_len=None)
+    with pytest.raises(ConfigError, match="period"):
+        build_records(ds, [0], period="later", cutoff_len=None)
+
+
 @pytest.mark.llm
 def test_tokenize_split_and_masks(tok):
     recs = build_records(tiny_dataset(), tokenizer=tok)

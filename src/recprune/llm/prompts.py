@@ -1,7 +1,9 @@
 """The BIGRec / DEALRec instruction prompt (Alpaca format) and its tokenisation.
 
 One sample per user: the input lists the titles of the user's training items except the last,
-the output is the title of the last training item::
+the output is the title of the last training item (:func:`build_records`; its ``period`` asks for
+the first validation or test item instead, after all earlier items, and ``with_target=False``
+leaves the output empty for generation)::
 
     Below is an instruction that describes a task, paired with an input that provides further
     context. Write a response that appropriately completes the request.
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recprune.data.dataset import Sequences
 from recprune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -271,45 +274,85 @@ def tokenize_records(records: Sequence[dict], tokenizer, *, prefix_text: str = "
 
 # ----------------------------------------------------------------------------- records
 
+PERIODS = ("train", "valid", "test")
+_PERIOD_WORDS = {"train": "training", "valid": "validation", "test": "test"}
+
+
+def _require_items(dataset, rows: np.ndarray, seqs: Sequences, period: str) -> None:
+    """A :class:`DataError` naming the first user of ``rows`` without an item in ``seqs``."""
+    empty = np.flatnonzero(seqs.lengths[rows] < 1)
+    if len(empty):
+        user = int(dataset.user_ids[int(rows[empty[0]])])
+        raise DataError(f"user {user} has no {_PERIOD_WORDS[period]} item: no prompt target",
+                        path=getattr(dataset, "source", None) or None, field=period)
+
+
+def _history_and_targets(dataset, rows: np.ndarray, period: str, with_target: bool
+                         ) -> tuple[Sequences, np.ndarray | None]:
+    """Per row: the items before the target of ``period`` (oldest first), and the target."""
+    train = dataset.train
+    if period == "train":
+        _require_items(dataset, rows, train, period)
+        sub = train.subset(rows)
+        last = sub.indptr[1:] - 1
+        keep = np.ones(sub.nnz, dtype=bool)
+        keep[last] = False
+        indptr = sub.indptr - np.arange(len(rows) + 1)
+        targets = sub.items[last].astype(np.int64) if with_target else None
+        return Sequences(indptr, sub.items[keep]), targets
+    before = train if period == "valid" else train.concat(dataset.valid)
+    history = before.subset(rows)
+    if not with_target:
+        return history, None
+    seqs = getattr(dataset, period)
+    _require_items(dataset, rows, seqs, period)
+    return history, seqs.items[seqs.indptr[rows]].astype(np.int64)
+
+
 def build_records(dataset, rows=None, template: PromptTemplate = GAMES_TEMPLATE, *,
-                  tokenizer=None, cutoff_len: int | None = 512,
-                  add_eos: bool = True) -> list[dict]:
+                  period: str = "train", with_target: bool = True, tokenizer=None,
+                  cutoff_len: int | None = 512, add_eos: bool = True) -> list[dict]:
     """Alpaca records (``instruction``, ``input``, ``output``) for the given user rows.
 
-    The input lists the titles of the user's training items except the last (oldest first), the
-    output is the title of the last training item. With a ``cutoff_len``, the oldest history
-    titles are dropped until ``tokenize(prompt + response) + eos`` fits into ``cutoff_len``
-    tokens (of ``tokenizer``; ``None`` loads the default SmolLM2 tokenizer); ``cutoff_len=None``
-    keeps the whole history.
+    The input lists the titles of the items before the target (oldest first), the output is
+    the title of the target:
+
+    * ``period="train"`` (the training sample): history = the user's training items but the
+      last, target = the last training item;
+    * ``period="valid"``: history = all training items, target = the first validation item;
+    * ``period="test"``: history = training and validation items, target = the first test item.
+
+    ``with_target=False`` leaves every output empty: prompts to generate from (the period then
+    needs no item). With a ``cutoff_len``, the oldest history titles are dropped until
+    ``tokenize(prompt + response)`` (+ eos with ``add_eos``) fits into ``cutoff_len`` tokens (of
+    ``tokenizer``; ``None`` loads the default SmolLM2 tokenizer); ``cutoff_len=None`` keeps the
+    whole history.
     """
+    if period not in PERIODS:
+        raise ConfigError(f"period must be one of {PERIODS}, got {period!r}")
     rows = np.arange(dataset.n_users) if rows is None else np.asarray(rows, dtype=np.int64)
     if rows.ndim != 1:
         raise ConfigError("rows must be a 1-D array of user rows")
     if len(rows) and (rows.min() < 0 or rows.max() >= dataset.n_users):
         raise ConfigError(f"user rows must be in 0..{dataset.n_users - 1}")
-    train = dataset.train
-    lens = train.lengths[rows]
-    if len(rows) and (lens < 1).any():
-        r = int(rows[np.flatnonzero(lens < 1)[0]])
-        raise DataError(f"user {int(dataset.user_ids[r])} has no training item: no prompt target",
-                        path=getattr(dataset, "source", None) or None, field="train")
-    starts = train.indptr[rows]
-    ends = starts + lens  # exclusive; the target is items[ends - 1]
+    history, targets = _history_and_targets(dataset, rows, period, with_target)
+    starts, ends = history.indptr[:-1], history.indptr[1:]  # ends: exclusive
     h_start = starts.copy()
     if template.max_history is not None:
-        h_start = np.maximum(starts, ends - 1 - template.max_history)
+        h_start = np.maximum(starts, ends - template.max_history)
 
     # Title text of every item needed, computed once per distinct item.
-    needed = np.unique(train.subset(rows).items)
+    no_targets = np.zeros(0, dtype=np.int64)
+    needed = np.unique(np.concatenate([history.items.astype(np.int64),
+                                       targets if targets is not None else no_targets]))
     text = {int(i): template.title_text(int(i), dataset.titles[int(i)]) for i in needed}
     q = '"' if template.quote_history else ""
 
     def make(i: int, first: int) -> dict:
-        items = train.items[first:ends[i]]
-        hist = [text[int(x)] for x in items[:-1]]
-        return {"instruction": template.instruction,
-                "input": template.input_text(hist),
-                "output": template.output_text(text[int(items[-1])])}
+        hist = [text[int(x)] for x in history.items[first:ends[i]]]
+        out = template.output_text(text[int(targets[i])]) if targets is not None else ""
+        return {"instruction": template.instruction, "input": template.input_text(hist),
+                "output": out}
 
     first = h_start.copy()
     records = [make(i, first[i]) for i in range(len(rows))]
@@ -339,7 +382,7 @@ def build_records(dataset, rows=None, template: PromptTemplate = GAMES_TEMPLATE,
     piece_len = np.zeros(int(piece_ids.max()) + 1 if len(piece_ids) else 1, dtype=np.int64)
     piece_len[piece_ids] = [len(p) for p in pieces]
     for i in over:
-        hist = train.items[first[i]:ends[i] - 1]
+        hist = history.items[first[i]:ends[i]]
         excess = total[i] - cutoff_len
         drop = int(np.searchsorted(np.cumsum(piece_len[hist]), excess))  # first k with sum>=ex
         first[i] += min(drop, len(hist))
@@ -347,7 +390,7 @@ def build_records(dataset, rows=None, template: PromptTemplate = GAMES_TEMPLATE,
     todo = over
     while len(todo):  # exact: drop one more while too long
         tl = lengths(todo)
-        too_long = todo[(tl > cutoff_len) & (first[todo] < ends[todo] - 1)]
+        too_long = todo[(tl > cutoff_len) & (first[todo] < ends[todo])]
         for i in too_long:
             first[i] += 1
             records[i] = make(i, first[i])

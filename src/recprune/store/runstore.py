@@ -88,6 +88,13 @@ class RunStore:
         write_json(self.manifest_path(name), {"key": fingerprint(spec), "spec": canonical(spec),
                                               **meta})
 
+    def _invalidate(self, name: str, spec: Any) -> None:
+        """Before ``name`` is rewritten: drop a manifest of another spec, so that data and
+        manifest are never seen out of step; a manifest of the same spec stays (a kill during
+        the rewrite then leaves the previous, still valid, artifact)."""
+        if not self.matches(name, spec):
+            self.forget(name)
+
     def forget(self, name: str) -> None:
         """Drop an artifact's manifest (its data is then never reused)."""
         self.manifest_path(name).unlink(missing_ok=True)
@@ -106,7 +113,7 @@ class RunStore:
 
     def save_array(self, name: str, arr: np.ndarray, spec: Any, **meta: Any) -> None:
         self.ensure()
-        self.forget(name)  # the data and its manifest are never seen out of step
+        self._invalidate(name, spec)
         save_npy(self.path(f"{name}.npy"), arr)
         self._write_manifest(name, spec, {"shape": list(np.shape(arr)), **meta})
 
@@ -118,7 +125,7 @@ class RunStore:
 
     def save_json(self, name: str, obj: Any, spec: Any, **meta: Any) -> None:
         self.ensure()
-        self.forget(name)
+        self._invalidate(name, spec)
         write_json(self.path(f"{name}.json"), obj)
         self._write_manifest(name, spec, meta)
 
@@ -133,7 +140,7 @@ class RunStore:
         """Build directory artifact ``name`` in a temporary sibling; it replaces the old one,
         with its manifest, only when the block finishes."""
         self.ensure()
-        self.forget(name)
+        self._invalidate(name, spec)
         with atomic_dir(self.path(name)) as tmp:
             yield tmp
         self._write_manifest(name, spec, meta)
