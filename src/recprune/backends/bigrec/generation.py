@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from recprune.backends.bigrec.config import BigRecConfig
-from recprune.backends.bigrec.lm_helpers import KV, expanded_cache, make_cache
+from recprune.llm.kv_cache import KV, expanded_cache, make_cache
 from recprune.backends.bigrec.model import LoraLM
 from recprune.data.dataset import InteractionDataset
 from recprune.llm.loading import cache_kv

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recprune.backends.bigrec.lm_helpers import expanded_cache
+from recprune.llm.kv_cache import expanded_cache
 from recprune.backends.bigrec.model import LoraLM
 from recprune.errors import ScoringError
 from recprune.llm.loading import cache_kv

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from recprune.backends.bigrec.config import BigRecConfig
-from recprune.backends.bigrec.lm_helpers import KV, attach_lora, reset_lora
+from recprune.backends.bigrec.lm_helpers import attach_lora, reset_lora
+from recprune.llm.kv_cache import KV
 from recprune.errors import ConfigError, DataError
 from recprune.llm.loading import cache_kv, load_causal_lm
 from recprune.store import Hasher, atomic_dir, digest
